@@ -1,0 +1,143 @@
+"""Value classes that cross layers (store -> services -> sessions/HTTP).
+
+Frozen and slotted; built by the store from its records through named
+constructors, never ``Cls(**row)``. Each knows how to render itself as the
+contract's JSON object, so there is one rendering of a message or a channel.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+
+def format_time(moment: datetime | None) -> str | None:
+    """RFC 3339 UTC with milliseconds, as the contract wants: 2026-11-23T10:00:00.123Z."""
+    if moment is None:
+        return None
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@attrs.frozen
+class User:
+    user_id: int
+    username: str
+    display_name: str
+    is_admin: bool
+    disabled: bool
+
+    def to_public(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "username": self.username, "display_name": self.display_name}
+
+
+@attrs.frozen
+class Principal:
+    """Who is calling: the user and the device (token) it authenticated as."""
+
+    user_id: int
+    device_id: int
+    is_admin: bool
+
+
+@attrs.frozen
+class Channel:
+    channel_id: int
+    kind: str
+    name: str | None
+    member_count: int
+    last_seq: int
+    read_seq: int
+    members: tuple[int, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "channel_id": self.channel_id,
+            "kind": self.kind,
+            "name": self.name,
+            "member_count": self.member_count,
+            "last_seq": self.last_seq,
+            "read_seq": self.read_seq,
+            "unread": max(0, self.last_seq - self.read_seq),
+        }
+        if self.members is not None:
+            out["members"] = list(self.members)
+        return out
+
+
+@attrs.frozen
+class Message:
+    channel_id: int
+    seq: int
+    sender_id: int
+    client_msg_id: str
+    text: str
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channel_id": self.channel_id,
+            "seq": self.seq,
+            "sender_id": self.sender_id,
+            "client_msg_id": self.client_msg_id,
+            "text": self.text,
+            "media": [],
+            "created_at": format_time(self.created_at),
+        }
+
+
+@attrs.frozen
+class Ack:
+    """The answer to a send, after its commit (or the original one, for a retry)."""
+
+    client_msg_id: str
+    channel_id: int
+    seq: int
+    created_at: datetime
+    duplicate: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client_msg_id": self.client_msg_id,
+            "channel_id": self.channel_id,
+            "seq": self.seq,
+            "created_at": format_time(self.created_at),
+            "state": "sent",
+            "duplicate": self.duplicate,
+        }
+
+
+@attrs.frozen
+class InboxAdvance:
+    """A user's inbox grew to ``head``: what a wake-up carries (a position, no data)."""
+
+    user_id: int
+    head: int
+
+
+@attrs.frozen
+class SendOutcome:
+    ack: Ack
+    advances: tuple[InboxAdvance, ...]
+
+
+@attrs.frozen
+class InboxEvent:
+    """One inbox entry, ready to be rendered as an ``event`` frame."""
+
+    inbox_seq: int
+    kind: str
+    fields: dict[str, Any] = attrs.field(eq=True)
+
+    def to_frame(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "event", "inbox_seq": self.inbox_seq, "kind": self.kind}
+        frame.update(self.fields)
+        return frame
+
+    def to_json(self) -> dict[str, Any]:
+        """The same event as the HTTP long-poll returns it (no frame type)."""
+        out: dict[str, Any] = {"inbox_seq": self.inbox_seq, "kind": self.kind}
+        out.update(self.fields)
+        return out
