@@ -131,7 +131,9 @@ class Database:
         self.dsn = dsn
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
+    async def connect(
+        cls, dsn: str, *, min_size: int = 2, max_size: int = 10, application_name: str = "chatd"
+    ) -> Database:
         """Open the pool (inside :func:`open_bridge`). Raises Unavailable."""
         try:
             pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
@@ -140,6 +142,7 @@ class Database:
                 max_size=max_size,
                 init=_init_connection,
                 timeout=CONNECT_TIMEOUT_S,
+                server_settings={"application_name": application_name[:63]},
             )
         except _UNAVAILABLE as exc:
             raise Unavailable(f"database unreachable: {_describe(exc)}") from exc
@@ -180,9 +183,11 @@ class Database:
             await trio_asyncio.aio_as_trio(_close)(self._pool)
 
     async def listen(
-        self, channel: str, on_payload: Callable[[str], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
+        self, channel: str, on_payload: Callable[[str], None], on_ready: Callable[[], None]
     ) -> None:
         """Hold one dedicated LISTEN connection until cancelled, calling ``on_payload`` per notification.
+
+        ``on_ready`` is called once the LISTEN is in place.
 
         ``on_payload`` runs synchronously in this thread (trio-asyncio runs asyncio
         callbacks inside Trio), so it may use Trio's synchronous APIs. Raises
@@ -203,7 +208,7 @@ class Database:
         try:
             conn.add_termination_listener(_terminated)
             await trio_asyncio.aio_as_trio(conn.add_listener)(channel, _notified)
-            task_status.started()
+            on_ready()
             await lost.wait()
             raise Unavailable("listen connection lost")
         except _UNAVAILABLE as exc:

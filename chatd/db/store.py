@@ -101,6 +101,16 @@ _ALL_CHANNELS = """
 SELECT c.id, c.kind, c.name, c.member_count, c.last_seq, coalesce(u.username, '') AS creator
 FROM channels c LEFT JOIN users u ON u.id = c.created_by ORDER BY c.id
 """
+_CHANNEL_ACTOR = """
+SELECT coalesce(
+    (SELECT m.user_id FROM members m JOIN channels c ON c.id = m.channel_id
+     WHERE c.id = $1 AND m.user_id = c.created_by),
+    (SELECT min(user_id) FROM members WHERE channel_id = $1))
+"""
+_NODE_CONNECTIONS = """
+SELECT substr(application_name, 7) AS node, count(*) AS n FROM pg_stat_activity
+WHERE application_name LIKE 'chatd:%' GROUP BY 1 ORDER BY 1
+"""
 _GROUP_BY_NAME = "SELECT id FROM channels WHERE kind = 'group' AND name = $1 ORDER BY id"
 
 # --- messages and inbox -------------------------------------------------------
@@ -499,6 +509,17 @@ class Store:
             raise Conflict(f"several groups are named {name!r}")
         return int(found[0]["id"])
 
+    async def channel_actor(self, channel_id: int) -> int:
+        """Whom an admin command acts for: the creator if still a member, else the first member."""
+
+        async def unit(conn: Connection) -> int | None:
+            return await conn.fetchval(_CHANNEL_ACTOR, channel_id)  # type: ignore[no-any-return]
+
+        actor = await self.db.read(unit)
+        if actor is None:
+            raise NotFound("the channel has no members")
+        return actor
+
     # --- messages ---------------------------------------------------------------------
 
     async def send(
@@ -579,6 +600,14 @@ class Store:
             return await conn.fetchrow(_STATS)
 
         return dict(await self.db.read(unit))
+
+    async def node_connections(self) -> dict[str, int]:
+        """Database connections per chatd node (application_name ``chatd:<node>``)."""
+
+        async def unit(conn: Connection) -> list[Any]:
+            return list(await conn.fetch(_NODE_CONNECTIONS))
+
+        return {r["node"]: r["n"] for r in await self.db.read(unit)}
 
     async def verify(self) -> list[str]:
         """Every broken invariant, one line each; empty when all hold."""

@@ -1,0 +1,308 @@
+"""The ``chatd`` command (PROTOCOL §8).
+
+Exit codes: 0 success, 1 a failure explained on stderr in one line, 2 a usage
+error (argparse's own). Commands that need the database start (or share) the
+embedded PostgreSQL when no ``database.url`` is configured, and apply pending
+migrations first, so every command works on a fresh ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+
+from chatd.config import Config, ConfigError, load_config
+from chatd.db.bridge import Database, open_bridge
+from chatd.db.migrate import MigrationError, migrate, status
+from chatd.db.store import Store
+from chatd.embedded import EmbeddedError, EmbeddedPostgres
+from chatd.errors import ChatdError, NotFound
+from chatd.hub import Hub
+from chatd.models import format_time
+from chatd.server import Server
+from chatd.services.auth import AuthService, hash_password_sync
+
+log = logging.getLogger("chatd")
+
+
+class CommandError(Exception):
+    """A failure to report in one line (exit 1)."""
+
+
+# --- argument parsing ---------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatd", description="chatd team chat server")
+    parser.add_argument("--config", type=Path, help="config file (default ./chatd.toml, then /etc/chatd/chatd.toml)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("serve", help="run the server (HTTP and WebSocket on one port)")
+    p = commands.add_parser("migrate", help="apply pending schema migrations")
+    p.add_argument("--status", action="store_true", help="list migrations and whether each is applied")
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = user.add_parser("add", help="create a user")
+    p.add_argument("name")
+    p.add_argument("--display-name")
+    p.add_argument("--admin", action="store_true")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    user.add_parser("list", help="list users")
+    p = user.add_parser("disable", help="disable a user and revoke its tokens")
+    p.add_argument("name")
+    p = user.add_parser("passwd", help="set a user's password")
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true")
+
+    token = commands.add_parser("token", help="manage tokens").add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = token.add_parser("create", help="print a new token for a user (a new device)")
+    p.add_argument("name")
+    p.add_argument("--device-name", default="cli")
+
+    channel = commands.add_parser("channel", help="manage channels").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = channel.add_parser("create", help="create a group channel")
+    p.add_argument("name")
+    p.add_argument("--member", nargs="+", required=True, metavar="USER", help="usernames; the first creates it")
+    channel.add_parser("list", help="list channels")
+    p = channel.add_parser("add", help="add users to a group channel")
+    p.add_argument("name")
+    p.add_argument("users", nargs="+", metavar="USER")
+
+    commands.add_parser("stats", help="users, channels, messages, connections")
+    commands.add_parser("verify", help="check the stored invariants")
+    return parser
+
+
+# --- the database, embedded or not -------------------------------------------------------
+
+
+@contextmanager
+def database_dsn(config: Config) -> Iterator[str]:
+    """The DSN to use: ``database.url``, or the embedded server (started or shared)."""
+    if config.database.url:
+        yield config.database.url
+        return
+    tcp_port = config.database.embedded_tcp_port
+    embedded = EmbeddedPostgres(
+        config.data_path,
+        bin_dir=config.database.pg_bin_dir or None,
+        tcp_port=None if tcp_port < 0 else tcp_port,
+    )
+    dsn = embedded.acquire()
+    try:
+        yield dsn
+    finally:
+        embedded.release()
+
+
+def run_with_db(config: Config, body: Callable[[Database], Awaitable[None]], *, apply_migrations: bool = True) -> None:
+    async def main() -> None:
+        async with open_bridge():
+            db = await Database.connect(dsn, min_size=1, max_size=2)
+            try:
+                if apply_migrations:
+                    await migrate(db)
+                await body(db)
+            finally:
+                await db.close()
+
+    with database_dsn(config) as dsn:
+        trio.run(main)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_serve(config: Config, _args: argparse.Namespace) -> None:
+    async def main() -> None:
+        async with open_bridge():
+            server = Server(config, dsn)
+            async with trio.open_nursery() as nursery:
+                url = await nursery.start(server.run)
+                print(f"listening on {url}", flush=True)
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("received %s: draining", signal.Signals(signum).name)
+                        server.stop()
+                        break
+
+    with database_dsn(config) as dsn:
+        trio.run(main)
+    log.info("stopped")
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> None:
+    async def body(db: Database) -> None:
+        if args.status:
+            for state in await status(db):
+                when = format_time(state.applied_at) if state.applied_at else "pending"
+                print(f"{state.version:04d}_{state.name}\t{when}")
+        else:
+            applied = await migrate(db)
+            print(f"applied {len(applied)} migration(s)" if applied else "schema is up to date")
+
+    run_with_db(config, body, apply_migrations=False)
+
+
+def read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise CommandError("passwords do not match")
+    else:
+        raise CommandError("no terminal to ask for a password: pass --password-stdin")
+    if not password:
+        raise CommandError("empty password")
+    return password
+
+
+def cmd_user(config: Config, args: argparse.Namespace) -> None:
+    password_hash = None
+    if args.action in ("add", "passwd"):
+        password_hash = hash_password_sync(read_password(args.password_stdin))
+
+    async def body(db: Database) -> None:
+        store = Store(db)
+        if args.action == "add":
+            assert password_hash is not None
+            user = await store.create_user(args.name, args.display_name or args.name, password_hash, args.admin)
+            print(f"created user {user.username} (id {user.user_id}){' as admin' if user.is_admin else ''}")
+        elif args.action == "list":
+            for user in await store.all_users():
+                flags = ",".join(f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on)
+                print(f"{user.user_id}\t{user.username}\t{user.display_name}\t{flags}")
+        elif args.action == "disable":
+            await store.disable_user(args.name)
+            print(f"disabled {args.name}; its tokens are revoked")
+        elif args.action == "passwd":
+            assert password_hash is not None
+            await store.set_password(args.name, password_hash)
+            print(f"password of {args.name} changed")
+
+    run_with_db(config, body)
+
+
+async def _user_id(store: Store, name: str) -> int:
+    found = await store.user_credentials(name)
+    if found is None:
+        raise NotFound(f"no such user: {name}")
+    return found[0].user_id
+
+
+def cmd_token(config: Config, args: argparse.Namespace) -> None:
+    async def body(db: Database) -> None:
+        store = Store(db)
+        found = await store.user_credentials(args.name)
+        if found is None or found[0].disabled:
+            raise NotFound(f"no such user: {args.name}" if found is None else f"user {args.name} is disabled")
+        token, _device = await AuthService(store, Hub()).issue_token(found[0].user_id, args.device_name)
+        print(token)
+
+    run_with_db(config, body)
+
+
+def cmd_channel(config: Config, args: argparse.Namespace) -> None:
+    async def body(db: Database) -> None:
+        store = Store(db)
+        max_members = config.limits.max_group_members
+        if args.action == "create":
+            ids = [await _user_id(store, name) for name in args.member]
+            channel, _ = await store.create_group(ids[0], args.name, ids, max_members)
+            print(f"created channel {args.name} (id {channel.channel_id}) with {channel.member_count} members")
+        elif args.action == "list":
+            for row in await store.all_channels():
+                print(f"{row['id']}\t{row['kind']}\t{row['name'] or ''}\t{row['member_count']} members\t"
+                      f"{row['last_seq']} messages\tcreated by {row['creator']}")
+        elif args.action == "add":
+            channel_id = await store.group_id_by_name(args.name)
+            ids = [await _user_id(store, name) for name in args.users]
+            actor = await store.channel_actor(channel_id)
+            channel, _ = await store.add_members(channel_id, actor, ids, max_members)
+            print(f"channel {args.name} has {channel.member_count} members")
+
+    run_with_db(config, body)
+
+
+def cmd_stats(config: Config, _args: argparse.Namespace) -> None:
+    async def body(db: Database) -> None:
+        store = Store(db)
+        stats = await store.stats()
+        for key, value in stats.items():
+            print(f"{key}\t{value}")
+        for node, connections in (await store.node_connections()).items():
+            print(f"node {node}\tdatabase connections {connections}")
+
+    run_with_db(config, body)
+
+
+def cmd_verify(config: Config, _args: argparse.Namespace) -> None:
+    problems: list[str] = []
+
+    async def body(db: Database) -> None:
+        problems.extend(await Store(db).verify())
+
+    run_with_db(config, body)
+    if problems:
+        for line in problems[1:]:
+            print(line, file=sys.stderr)
+        raise CommandError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    print("ok: seq, inbox_seq, references and watermarks are consistent")
+
+
+COMMANDS: dict[str, Callable[[Config, argparse.Namespace], None]] = {
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "user": cmd_user,
+    "token": cmd_token,
+    "channel": cmd_channel,
+    "stats": cmd_stats,
+    "verify": cmd_verify,
+}
+
+
+def fail(message: str) -> NoReturn:
+    print(f"chatd: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+EXPLAINED = (ConfigError, EmbeddedError, CommandError, ChatdError, MigrationError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.command == "serve" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    failure: BaseException | None = None
+    try:
+        config = load_config(args.config)
+        COMMANDS[args.command](config, args)
+    except* KeyboardInterrupt:
+        failure = KeyboardInterrupt()
+    except* EXPLAINED as group:  # errors arrive wrapped in exception groups from Trio
+        failure = _first_error(group)
+    if isinstance(failure, KeyboardInterrupt):
+        sys.exit(130)
+    if failure is not None:
+        fail(str(failure))

@@ -1,0 +1,132 @@
+"""The node's in-process registry: who is connected, and "your inbox advanced".
+
+A wake-up carries only a position (Synapse's notifier): the user's newest
+known ``inbox_seq``. Sessions and long-polls re-read the inbox from their own
+cursor, so a lost or merged wake-up costs latency, never an event. The hub
+holds no data that PostgreSQL does not also hold.
+
+Wake-ups come from two places: the transaction results of writes made on
+this node (fast path) and the cluster's NOTIFY hints (every node, including
+this one; duplicates are harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import trio
+
+from chatd.models import InboxAdvance
+
+log = logging.getLogger(__name__)
+
+
+class InboxSignal:
+    """Per-user signal: the newest head this node has heard of, and an event to wait on.
+
+    Waiters take :attr:`event` *before* reading the inbox and wait on it after;
+    an advance in between has already set it, so no wake-up falls in the gap.
+    """
+
+    __slots__ = ("head", "event", "users")
+
+    def __init__(self) -> None:
+        self.head = 0
+        self.event = trio.Event()
+        self.users = 0
+
+    def fire(self, head: int | None) -> None:
+        if head is not None:
+            if head <= self.head:
+                return
+            self.head = head
+        self.event.set()
+        self.event = trio.Event()
+
+
+class Drainable(Protocol):
+    """What the hub needs of a connection: to be told to drain, or to close."""
+
+    user_id: int
+    device_id: int
+
+    def drain(self, after_ms: int) -> None: ...
+
+    def revoke(self) -> None: ...
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._signals: dict[int, InboxSignal] = {}
+        self._sessions: set[Drainable] = set()
+        self.draining = trio.Event()
+
+    @contextmanager
+    def watch(self, user_id: int) -> Iterator[InboxSignal]:
+        """The user's signal, kept while anyone on this node watches it."""
+        signal = self._signals.get(user_id)
+        if signal is None:
+            signal = self._signals[user_id] = InboxSignal()
+        signal.users += 1
+        try:
+            yield signal
+        finally:
+            signal.users -= 1
+            if signal.users == 0:
+                del self._signals[user_id]
+
+    def advance(self, advances: Iterable[InboxAdvance]) -> None:
+        for adv in advances:
+            signal = self._signals.get(adv.user_id)
+            if signal is not None:
+                signal.fire(adv.head)
+
+    def wake_all(self) -> None:
+        """Every watcher re-reads from its cursor (after a lost LISTEN connection, a coarse hint)."""
+        for signal in self._signals.values():
+            signal.fire(None)
+
+    def on_notify(self, payload: str) -> None:
+        """Apply a NOTIFY hint: ``"uid:head,uid:head"``, or ``"*"`` for everyone."""
+        if payload == "*":
+            self.wake_all()
+            return
+        try:
+            pairs = [item.split(":", 1) for item in payload.split(",") if item]
+            self.advance(InboxAdvance(int(u), int(h)) for u, h in pairs)
+        except ValueError:
+            log.warning("unreadable inbox hint; waking everyone")
+            self.wake_all()
+
+    # --- connections -----------------------------------------------------------------
+
+    @contextmanager
+    def connected(self, session: Drainable) -> Iterator[None]:
+        self._sessions.add(session)
+        try:
+            yield
+        finally:
+            self._sessions.discard(session)
+
+    def connection_count(self) -> int:
+        return len(self._sessions)
+
+    def revoke_device(self, device_id: int) -> None:
+        for session in list(self._sessions):
+            if session.device_id == device_id:
+                session.revoke()
+
+    def revoke_user(self, user_id: int) -> None:
+        for session in list(self._sessions):
+            if session.user_id == user_id:
+                session.revoke()
+
+    def drain(self, spread_ms: int) -> None:
+        """Tell every connection to go elsewhere, spread over ``spread_ms``, and wake long-polls."""
+        self.draining.set()
+        for session in list(self._sessions):
+            session.drain(spread_ms)
+        self.wake_all()

@@ -1,0 +1,211 @@
+"""The composition root: wires store, hub, services, HTTP and WebSocket, and runs them.
+
+One port serves both: a small ASGI dispatcher hands ``/v1/ws`` upgrades to
+:class:`chatd.web.ws_endpoint.WebSocketEndpoint` and everything else to the
+Quart app, both under one hypercorn server.
+
+Stopping (:meth:`Server.stop`, on SIGTERM/SIGINT): stop accepting, tell every
+client ``reconnect`` (spread over the heartbeat), let in-flight sends commit
+and their acks go out, then close; hypercorn cancels what is still open after
+``server.drain_timeout_s``. Then the LISTEN task and the pool close.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from chatd.config import Config
+from chatd.db.bridge import Database
+from chatd.db.migrate import is_current, migrate
+from chatd.db.store import Store
+from chatd.errors import Unavailable
+from chatd.hub import Hub
+from chatd.services.auth import AuthService
+from chatd.services.channels import ChannelService
+from chatd.services.inbox import InboxService
+from chatd.services.messaging import MessageService
+from chatd.services.ratelimit import RateLimiter
+from chatd.web.http_api import build_http_app
+from chatd.web.ws_endpoint import WebSocketEndpoint
+from chatd.ws.session import Session, SessionSettings
+
+log = logging.getLogger(__name__)
+
+INBOX_CHANNEL = "chatd_inbox"
+LISTEN_BACKOFF_MAX_S = 5.0
+
+
+@attrs.define
+class Services:
+    store: Store
+    hub: Hub
+    auth: AuthService
+    channels: ChannelService
+    messages: MessageService
+    inbox: InboxService
+
+    @classmethod
+    def build(cls, db: Database, config: Config) -> Services:
+        store = Store(db)
+        hub = Hub()
+        limiter = RateLimiter(config.limits.send_rate_per_s, config.limits.send_burst)
+        return cls(
+            store=store,
+            hub=hub,
+            auth=AuthService(store, hub),
+            channels=ChannelService(store, hub, max_group_members=config.limits.max_group_members),
+            messages=MessageService(
+                store,
+                hub,
+                limiter,
+                max_text_chars=config.limits.max_text_chars,
+                inbox_max_members=config.fanout.inbox_max_members,
+            ),
+            inbox=InboxService(store, hub),
+        )
+
+
+class Server:
+    """One chatd node: start it with ``nursery.start(server.run)``; it reports its URL."""
+
+    def __init__(self, config: Config, dsn: str) -> None:
+        self.config = config
+        self.dsn = dsn
+        self._stop = trio.Event()
+        self.services: Services | None = None
+        self.db: Database | None = None
+
+    def stop(self) -> None:
+        """Begin the graceful stop (idempotent)."""
+        self._stop.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, migrate, listen; ``task_status.started(url)``; serve until stopped."""
+        cfg = self.config
+        self.db = db = await Database.connect(
+            self.dsn,
+            min_size=cfg.database.pool_min,
+            max_size=cfg.database.pool_max,
+            application_name=f"chatd:{cfg.node_name}",
+        )
+        try:
+            await migrate(db)
+            self.services = services = Services.build(db, cfg)
+            app = self._asgi_app(services)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._listen_forever, db, services.hub)
+                binds = await nursery.start(self._serve_http, app)
+                url = binds[0] if binds else f"http://{cfg.server.host}:{cfg.server.port}"
+                log.info("node %s listening on %s", cfg.node_name, url)
+                task_status.started(url)
+                await self._stop.wait()
+                # hypercorn stops accepting as soon as _stop is set (its shutdown trigger).
+                services.hub.drain(spread_ms=int(cfg.server.heartbeat_s * 1000))
+                await self._http_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            await db.close()
+
+    def _asgi_app(self, services: Services) -> Any:
+        cfg = self.config
+        http_app = build_http_app(
+            auth=services.auth,
+            channels=services.channels,
+            messages=services.messages,
+            inbox=services.inbox,
+            ready=self._ready,
+            max_group_members=cfg.limits.max_group_members,
+        )
+        settings = SessionSettings(
+            node=cfg.node_name,
+            heartbeat_s=cfg.server.heartbeat_s,
+            outgoing_queue=cfg.server.outgoing_queue,
+            send_stall_s=cfg.server.send_stall_s,
+        )
+
+        def make_session(transport: Any, fmt: Any, principal: Any) -> Session:
+            return Session(
+                transport,
+                fmt,
+                principal,
+                hub=services.hub,
+                inbox=services.inbox,
+                messages=services.messages,
+                settings=settings,
+            )
+
+        ws = WebSocketEndpoint(services.auth.authenticate, make_session)
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "websocket":
+                if scope["path"] == "/v1/ws":
+                    await ws(scope, receive, send)
+                else:
+                    await receive()
+                    await send({"type": "websocket.close", "code": 1008})
+                return
+            await http_app(scope, receive, send)
+
+        return app
+
+    async def _ready(self) -> bool:
+        if self.db is None or self._stop.is_set():
+            return False
+        try:
+            with trio.fail_after(2):
+                return await is_current(self.db)
+        except (Unavailable, trio.TooSlowError):
+            return False
+
+    async def _serve_http(self, app: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self._http_done = trio.Event()
+        cfg = self.config
+        hc = HypercornConfig()
+        hc.bind = [f"{cfg.server.host}:{cfg.server.port}"]
+        hc.websocket_max_message_size = cfg.limits.max_frame_bytes
+        hc.graceful_timeout = cfg.server.drain_timeout_s
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        hc.keep_alive_timeout = 75
+        hc.websocket_ping_interval = None
+        try:
+            await hypercorn_serve(app, hc, shutdown_trigger=self._stop.wait, task_status=task_status)
+        finally:
+            self._http_done.set()
+
+    async def _listen_forever(self, db: Database, hub: Hub, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the LISTEN connection; on loss, back off, reconnect and wake every session.
+
+        Reports started after the first attempt, successful or not: a node whose
+        LISTEN connection is down still serves, with its own writes' wake-ups.
+        """
+        backoff = 0.1
+        started = False
+
+        def ready() -> None:
+            nonlocal backoff, started
+            backoff = 0.1
+            # Anything committed while we were not listening: everyone re-reads.
+            hub.wake_all()
+            if not started:
+                started = True
+                task_status.started()
+            else:
+                log.info("LISTEN connection restored")
+
+        while True:
+            try:
+                await db.listen(INBOX_CHANNEL, hub.on_notify, ready)
+            except Unavailable as exc:
+                log.warning("LISTEN connection lost (%s); retrying in %.1fs", exc, backoff)
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(backoff)
+            backoff = min(LISTEN_BACKOFF_MAX_S, backoff * 2)

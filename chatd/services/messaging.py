@@ -1,0 +1,66 @@
+"""Sending and reading messages: the checks of PROTOCOL §4, then one commit.
+
+The ack is built only from the committed row (or the original one, for a
+retried ``client_msg_id``), so an ack always means "durably stored".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from chatd.db.store import Store
+from chatd.errors import Invalid, RateLimited, TooLarge
+from chatd.hub import Hub
+from chatd.models import Ack, Message, Principal
+from chatd.services.ratelimit import RateLimiter
+
+MAX_CLIENT_MSG_ID_CHARS = 64
+
+
+class MessageService:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        limiter: RateLimiter,
+        *,
+        max_text_chars: int,
+        inbox_max_members: int,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.limiter = limiter
+        self.max_text_chars = max_text_chars
+        self.inbox_max_members = inbox_max_members
+
+    async def send(
+        self, principal: Principal, channel_id: int, client_msg_id: str, text: str, media_ids: Sequence[int] = ()
+    ) -> Ack:
+        """Validate, rate-limit, commit, wake the recipients' sessions; then the ack.
+
+        Raises NotMember, Invalid, TooLarge, RateLimited, or Unavailable (nothing stored).
+        """
+        if not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS:
+            raise Invalid(f"client_msg_id: 1..{MAX_CLIENT_MSG_ID_CHARS} characters")
+        if len(text) > self.max_text_chars:
+            raise TooLarge(f"text: at most {self.max_text_chars} characters")
+        if media_ids:
+            # No media can be uploaded yet, so no id can be owned by the sender.
+            raise Invalid("media_ids: unknown media")
+        if not text.strip():
+            raise Invalid("text: must not be empty")
+        if "\x00" in text:
+            raise Invalid("text: must not contain NUL")
+        wait = self.limiter.take(principal.user_id)
+        if wait:
+            raise RateLimited("too many messages; slow down", wait)
+        outcome = await self.store.send(
+            principal.user_id, channel_id, client_msg_id, text, self.inbox_max_members
+        )
+        self.hub.advance(outcome.advances)
+        return outcome.ack
+
+    async def history(
+        self, principal: Principal, channel_id: int, *, before: int | None, after: int | None, limit: int
+    ) -> list[Message]:
+        return await self.store.history(channel_id, principal.user_id, before=before, after=after, limit=limit)

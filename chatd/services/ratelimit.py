@@ -1,0 +1,40 @@
+"""Per-user token buckets for sends (``limits.send_rate_per_s`` / ``send_burst``).
+
+Per node and in memory: a user spread over several nodes gets a bucket on each,
+which bounds abuse without a round trip to the database on every send.
+"""
+
+from __future__ import annotations
+
+import trio
+
+#: Buckets idle this long are full again and are forgotten.
+_FORGET_AFTER_S = 600.0
+
+
+class RateLimiter:
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate = float(rate_per_s)
+        self.burst = float(burst)
+        self._buckets: dict[int, tuple[float, float]] = {}
+        self._last_sweep = 0.0
+
+    def take(self, key: int) -> float:
+        """Take one token; returns 0.0 when allowed, else seconds until one is available."""
+        now = trio.current_time()
+        self._sweep(now)
+        tokens, stamp = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def _sweep(self, now: float) -> None:
+        if now - self._last_sweep < _FORGET_AFTER_S:
+            return
+        self._last_sweep = now
+        stale = [k for k, (_, stamp) in self._buckets.items() if now - stamp > _FORGET_AFTER_S]
+        for key in stale:
+            del self._buckets[key]

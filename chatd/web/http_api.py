@@ -1,0 +1,231 @@
+"""The HTTP endpoints of PROTOCOL §2 (login, me, users, channels, messages, sync, health).
+
+A Quart (quart-trio) app: routes parse and validate, call a service, and
+render the contract's JSON. Every error leaves as
+``{"error": {"code", "message"}}`` with its status; an unexpected exception is
+logged here and answered 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, Unauthorized
+from chatd.models import Principal
+from chatd.services.auth import AuthService
+from chatd.services.channels import ChannelService
+from chatd.services.inbox import InboxService
+from chatd.services.messaging import MessageService
+from chatd.web import params
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+MAX_SYNC_TIMEOUT_MS = 60_000
+SYNC_PAGE_MAX = 1000
+
+
+def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        _json({"error": {"code": code, "message": message}}),
+        status=status,
+        content_type="application/json",
+        headers=headers or {},
+    )
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def ok(obj: Any, status: int = 200) -> Response:
+    return Response(_json(obj), status=status, content_type="application/json")
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "bad_request",
+               409: "conflict", 413: "too_large", 415: "bad_request", 429: "rate_limited", 503: "unavailable"}
+
+
+def build_http_app(
+    *,
+    auth: AuthService,
+    channels: ChannelService,
+    messages: MessageService,
+    inbox: InboxService,
+    ready: Callable[[], Awaitable[bool]],
+    max_group_members: int,
+) -> QuartTrio:
+    app = QuartTrio("chatd")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    @app.errorhandler(ChatdError)
+    async def on_chatd_error(exc: ChatdError) -> Response:
+        headers = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        return error_response(exc.code, exc.message, exc.status, headers)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        return error_response(_HTTP_CODES.get(status, "bad_request"), exc.description or exc.name, status)
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response("internal", "internal server error", 500)
+
+    async def principal() -> Principal:
+        header = request.headers.get("Authorization", "")
+        kind, _, token = header.partition(" ")
+        if kind.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing bearer token")
+        return await auth.authenticate(token.strip())
+
+    async def body() -> Any:
+        data = await request.get_json(force=True, silent=True)
+        if data is None:
+            raise BadRequest("the body must be valid JSON")
+        return params.body_object(data)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return ok({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if await ready():
+            return ok({"status": "ready"})
+        return error_response("unavailable", "database unreachable or migrations pending", 503)
+
+    @app.post("/v1/login")
+    async def login() -> Response:
+        data = await body()
+        username = params.string(data, "username", max_len=100)
+        password = params.string(data, "password", max_len=1024)
+        device_name = params.string(data, "device_name", max_len=100)
+        assert username is not None and password is not None and device_name is not None
+        token, user, device_id = await auth.login(username, password, device_name)
+        return ok({"token": token, "user_id": user.user_id, "device_id": device_id})
+
+    @app.post("/v1/logout")
+    async def logout() -> Response:
+        await auth.logout(await principal())
+        return Response("", status=204)
+
+    @app.get("/v1/me")
+    async def me() -> Response:
+        who = await principal()
+        user = await auth.store.get_user(who.user_id)
+        return ok({**user.to_public(), "is_admin": user.is_admin})
+
+    @app.get("/v1/users")
+    async def users() -> Response:
+        await principal()
+        query = request.args.get("query", "")
+        if len(query) > 100:
+            raise Invalid("query: at most 100 characters")
+        limit = params.query_int(request.args, "limit", default=50, low=1, high=200)
+        assert limit is not None
+        found = await auth.store.search_users(query, limit)
+        return ok({"users": [u.to_public() for u in found]})
+
+    @app.post("/v1/channels")
+    async def create_channel() -> Response:
+        who = await principal()
+        data = await body()
+        kind = data.get("kind")
+        if kind == "dm":
+            members = params.id_list(data.get("members"), "members", 1)
+            if len(members) != 1:
+                raise Invalid("members: a direct message has exactly one other user")
+            channel, created = await channels.open_dm(who, members[0])
+            return ok(channel.to_json(), 201 if created else 200)
+        if kind == "group":
+            members = params.id_list(data.get("members", []), "members", max_group_members)
+            channel = await channels.create_group(who, data.get("name"), members)  # type: ignore[arg-type]
+            return ok(channel.to_json(), 201)
+        raise Invalid('kind: "dm" or "group"')
+
+    @app.get("/v1/channels")
+    async def list_channels() -> Response:
+        who = await principal()
+        return ok({"channels": [c.to_json() for c in await channels.list(who)]})
+
+    @app.get("/v1/channels/<raw_id>")
+    async def get_channel(raw_id: str) -> Response:
+        who = await principal()
+        return ok((await channels.get(who, params.path_id(raw_id, "channel_id"))).to_json())
+
+    @app.patch("/v1/channels/<raw_id>")
+    async def rename_channel(raw_id: str) -> Response:
+        who = await principal()
+        data = await body()
+        channel = await channels.rename(who, params.path_id(raw_id, "channel_id"), data.get("name"))  # type: ignore[arg-type]
+        return ok(channel.to_json())
+
+    @app.post("/v1/channels/<raw_id>/members")
+    async def add_members(raw_id: str) -> Response:
+        who = await principal()
+        data = await body()
+        user_ids = params.id_list(data.get("user_ids"), "user_ids", max_group_members)
+        if not user_ids:
+            raise Invalid("user_ids: at least one user id")
+        channel = await channels.add_members(who, params.path_id(raw_id, "channel_id"), user_ids)
+        return ok(channel.to_json())
+
+    @app.delete("/v1/channels/<raw_id>/members/<raw_user>")
+    async def remove_member(raw_id: str, raw_user: str) -> Response:
+        who = await principal()
+        await channels.remove_member(
+            who, params.path_id(raw_id, "channel_id"), params.path_id(raw_user, "user_id")
+        )
+        return Response("", status=204)
+
+    @app.get("/v1/channels/<raw_id>/messages")
+    async def history(raw_id: str) -> Response:
+        who = await principal()
+        channel_id = params.path_id(raw_id, "channel_id")
+        before = params.query_int(request.args, "before", default=None, low=0, high=params.MAX_ID)
+        after = params.query_int(request.args, "after", default=None, low=0, high=params.MAX_ID)
+        if before is not None and after is not None:
+            raise Invalid("before and after: give one, not both")
+        limit = params.query_int(request.args, "limit", default=50, low=1, high=200)
+        assert limit is not None
+        found = await messages.history(who, channel_id, before=before, after=after, limit=limit)
+        return ok({"messages": [m.to_json() for m in found]})
+
+    @app.post("/v1/channels/<raw_id>/messages")
+    async def post_message(raw_id: str) -> Response:
+        who = await principal()
+        channel_id = params.path_id(raw_id, "channel_id")
+        data = await body()
+        client_msg_id = params.string(data, "client_msg_id", max_len=64)
+        text = params.string(data, "text", max_len=1 << 20, allow_empty=True)
+        media = data.get("media_ids")
+        media_ids = [] if media is None else params.id_list(media, "media_ids", 10)
+        assert client_msg_id is not None and text is not None
+        ack = await messages.send(who, channel_id, client_msg_id, text, media_ids)
+        return ok(ack.to_json(), 200 if ack.duplicate else 201)
+
+    @app.get("/v1/sync")
+    async def sync() -> Response:
+        who = await principal()
+        after = params.query_int(request.args, "after", default=0, low=0, high=params.MAX_ID)
+        limit = params.query_int(request.args, "limit", default=100, low=1, high=SYNC_PAGE_MAX)
+        timeout_ms = params.query_int(request.args, "timeout_ms", default=0, low=0, high=MAX_SYNC_TIMEOUT_MS)
+        assert after is not None and limit is not None and timeout_ms is not None
+        events = await inbox.long_poll(who.user_id, after, limit, timeout_ms / 1000)
+        cursor = events[-1].inbox_seq if events else after
+        return ok({"events": [e.to_json() for e in events], "cursor": cursor})
+
+    return app

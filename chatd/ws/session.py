@@ -1,0 +1,288 @@
+"""One WebSocket connection: a nursery of reader, sender, pump and writer.
+
+- reader: decodes client frames (one boundary, :mod:`chatd.wire.codec`),
+  answers malformed ones with ``error`` and keeps going, enforces the idle
+  timeout (3 x heartbeat), and hands work to the others;
+- sender: commits this connection's sends one at a time, in the order the
+  client sent them, and queues each ``ack`` after the commit;
+- pump: after ``sync``, reads the inbox from the cursor and queues events,
+  then ``synced``, then waits for the user's inbox signal and reads again.
+  Catch-up and live delivery are one loop, so a lost wake-up costs latency,
+  never an event, and the cursor makes every event go out once, in order;
+- writer: the only task that writes to the socket, draining a bounded queue.
+
+Backpressure: the outgoing queue is bounded (``server.outgoing_queue``). A
+producer that finds it full for ``server.send_stall_s`` closes the connection
+with 1008; the client catches up with ``sync`` after reconnecting. Every
+producer is this connection's own task, so a slow client never slows others.
+
+Resource handling: everything lives in the connection's nursery and ends with
+it; the transport is closed in ``finally`` with the first close code asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from chatd.errors import ChatdError, RateLimited, Unavailable
+from chatd.hub import Hub
+from chatd.models import Principal
+from chatd.services.inbox import PAGE, InboxService
+from chatd.services.messaging import MessageService
+from chatd.wire.codec import FrameError, WireFormat, decode_client_frame, encode, error_frame
+from chatd.wire.frames import ClientFrame, PingFrame, SendFrame, SyncFrame
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+CLOSE_RESTART = 1012
+CLOSE_INTERNAL = 1011
+CLOSE_REVOKED = 4001
+
+#: Sends queued per connection while one commits (the reader waits beyond it).
+SEND_QUEUE = 32
+
+
+class TransportClosed(Exception):
+    """The peer went away or the socket failed."""
+
+
+class Transport(Protocol):
+    """The socket as the session sees it (ASGI today; trio-websocket could serve too)."""
+
+    async def receive(self) -> str | bytes: ...
+
+    async def send(self, data: str | bytes) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@attrs.frozen
+class SessionSettings:
+    node: str
+    heartbeat_s: float
+    outgoing_queue: int
+    send_stall_s: float
+
+
+class Session:
+    def __init__(
+        self,
+        transport: Transport,
+        fmt: WireFormat,
+        principal: Principal,
+        *,
+        hub: Hub,
+        inbox: InboxService,
+        messages: MessageService,
+        settings: SessionSettings,
+    ) -> None:
+        self.transport = transport
+        self.fmt = fmt
+        self.principal = principal
+        self.user_id = principal.user_id
+        self.device_id = principal.device_id
+        self.hub = hub
+        self.inbox = inbox
+        self.messages = messages
+        self.settings = settings
+        self._out_send, self._out_recv = trio.open_memory_channel[str | bytes](settings.outgoing_queue)
+        self._sends_in, self._sends_out = trio.open_memory_channel[SendFrame](SEND_QUEUE)
+        self._nursery: trio.Nursery | None = None
+        self._pump_scope: trio.CancelScope | None = None
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._draining = False
+        self._log_tag = f"conn user={self.user_id} device={self.device_id}"
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; never raises for the peer's faults."""
+        with self.hub.connected(self):
+            try:
+                head = await self.inbox.head(self.user_id)
+                await self.transport.send(
+                    encode(
+                        {
+                            "type": "welcome",
+                            "user_id": self.user_id,
+                            "device_id": self.device_id,
+                            "node": self.settings.node,
+                            "heartbeat_s": self.settings.heartbeat_s,
+                            "inbox_head": head,
+                        },
+                        self.fmt,
+                    )
+                )
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._reader)
+                    nursery.start_soon(self._sender)
+                    nursery.start_soon(self._writer)
+            except* TransportClosed:
+                pass
+            except* Unavailable:
+                self._request_close(CLOSE_TRY_AGAIN, "database unavailable")
+            except* Exception:
+                log.exception("%s failed", self._log_tag)
+                self._request_close(CLOSE_INTERNAL, "internal error")
+            finally:
+                code = self._close_code or CLOSE_NORMAL
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    try:
+                        await self.transport.close(code, self._close_reason)
+                    except TransportClosed:
+                        pass
+                log.debug("%s closed code=%s %s", self._log_tag, code, self._close_reason)
+
+    def _request_close(self, code: int, reason: str) -> None:
+        """Close with ``code`` (the first one asked for wins) and end every task."""
+        if self._close_code is None:
+            self._close_code, self._close_reason = code, reason
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def revoke(self) -> None:
+        """The device logged out (or its user was disabled): close at once."""
+        self._request_close(CLOSE_REVOKED, "token revoked")
+
+    def drain(self, after_ms: int) -> None:
+        """The node is stopping: say ``reconnect``, finish queued sends, then close."""
+        if self._draining:
+            return
+        self._draining = True
+        self._offer({"type": "reconnect", "after_ms": random.randint(0, max(0, after_ms))})
+        self._sends_in.close()  # the sender finishes what is queued, then closes the queue
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        idle_s = 3 * self.settings.heartbeat_s
+        with trio.move_on_after(idle_s) as idle:
+            while True:
+                data = await self.transport.receive()
+                idle.deadline = trio.current_time() + idle_s
+                try:
+                    frame = decode_client_frame(data, self.fmt)
+                except FrameError as exc:
+                    await self._queue(error_frame(exc.code, exc.message, exc.ref))
+                    continue
+                await self._dispatch(frame)
+        self._request_close(CLOSE_GOING_AWAY, "idle timeout")
+
+    async def _dispatch(self, frame: ClientFrame) -> None:
+        if isinstance(frame, SendFrame):
+            if self._draining:
+                await self._queue(error_frame("unavailable", "server is shutting down; reconnect and retry", frame.ref))
+                return
+            try:
+                await self._sends_in.send(frame)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                await self._queue(error_frame("unavailable", "server is shutting down; reconnect and retry", frame.ref))
+        elif isinstance(frame, SyncFrame):
+            self._start_pump(frame.after)
+        elif isinstance(frame, PingFrame):
+            pong: dict[str, Any] = {"type": "pong"}
+            if frame.t is not None:
+                pong["t"] = frame.t
+            if frame.ref is not None:
+                pong["ref"] = frame.ref
+            await self._queue(pong)
+        # receipt, typing and presence_subscribe are accepted and not acted on yet:
+        # their services arrive with the receipts and presence work.
+
+    async def _sender(self) -> None:
+        async with self._sends_out:
+            async for frame in self._sends_out:
+                await self._queue(await self._send_one(frame))
+        # Only a drain closes the send queue: everything queued is answered; flush and close.
+        self._out_send.close()
+
+    async def _send_one(self, frame: SendFrame) -> dict[str, Any]:
+        try:
+            ack = await self.messages.send(
+                self.principal, frame.channel_id, frame.client_msg_id, frame.text, frame.media_ids
+            )
+        except RateLimited as exc:
+            reply = error_frame(exc.code, exc.message, frame.ref)
+            reply["retry_after_ms"] = math.ceil(exc.retry_after_s * 1000)
+            return reply
+        except ChatdError as exc:
+            return error_frame(exc.code, exc.message, frame.ref)
+        reply = {"type": "ack", **ack.to_json()}
+        if frame.ref is not None:
+            reply["ref"] = frame.ref
+        return reply
+
+    def _start_pump(self, after: int) -> None:
+        """(Re)start delivery from ``after``: a second ``sync`` restarts from its cursor."""
+        if self._pump_scope is not None:
+            self._pump_scope.cancel()
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._pump_scope = scope
+        self._nursery.start_soon(self._pump, after, scope)
+
+    async def _pump(self, cursor: int, scope: trio.CancelScope) -> None:
+        with scope, self.hub.watch(self.user_id) as signal:
+            caught_up = False
+            while True:
+                wake = signal.event
+                events = await self.inbox.read(self.user_id, cursor, PAGE)
+                for event in events:
+                    await self._queue(event.to_frame())
+                    cursor = event.inbox_seq
+                if len(events) == PAGE:
+                    continue
+                if not caught_up:
+                    caught_up = True
+                    await self._queue({"type": "synced", "cursor": cursor})
+                if signal.head > cursor:
+                    continue
+                await wake.wait()
+
+    async def _writer(self) -> None:
+        async with self._out_recv:
+            async for data in self._out_recv:
+                await self.transport.send(data)
+        self._request_close(CLOSE_RESTART, "server restarting")
+
+    # --- the outgoing queue ------------------------------------------------------------------
+
+    async def _queue(self, frame: dict[str, Any]) -> None:
+        """Queue a frame for the writer; a queue full for send_stall_s closes with 1008."""
+        data = encode(frame, self.fmt)
+        try:
+            self._out_send.send_nowait(data)
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return
+        with trio.move_on_after(self.settings.send_stall_s):
+            try:
+                await self._out_send.send(data)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+            return
+        log.info("%s slow consumer: outgoing queue full", self._log_tag)
+        self._request_close(CLOSE_POLICY, "slow consumer: outgoing queue full")
+
+    def _offer(self, frame: dict[str, Any]) -> None:
+        """Queue a frame without waiting (for callers outside this connection)."""
+        try:
+            self._out_send.send_nowait(encode(frame, self.fmt))
+        except trio.WouldBlock:
+            self._request_close(CLOSE_POLICY, "slow consumer: outgoing queue full")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
