@@ -129,9 +129,11 @@ def cmd_serve(config: Config, _args: argparse.Namespace) -> None:
         async with open_bridge():
             server = Server(config, dsn)
             async with trio.open_nursery() as nursery:
-                url = await nursery.start(server.run)
-                print(f"listening on {url}", flush=True)
+                # Catch the signals before starting: a SIGTERM sent as soon as the
+                # "listening on" line appears must drain, not kill the process.
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    url = await nursery.start(server.run)
+                    print(f"listening on {url}", flush=True)
                     async for signum in signals:
                         log.info("received %s: draining", signal.Signals(signum).name)
                         server.stop()

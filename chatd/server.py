@@ -150,7 +150,7 @@ class Server:
                     await receive()
                     await send({"type": "websocket.close", "code": 1008})
                 return
-            await http_app(scope, receive, send)
+            await http_app(scope, receive, send)  # type: ignore[arg-type]
 
         return app
 

@@ -33,18 +33,22 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncpg
 import trio
 import trio_asyncio
+from asyncpg.pool import PoolConnectionProxy
 
 from chatd.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Connection = asyncpg.Connection
+if TYPE_CHECKING:
+    Connection = PoolConnectionProxy[asyncpg.Record]
+else:
+    Connection = PoolConnectionProxy
 Unit = Callable[[Connection], Awaitable[T]]
 
 #: How long a rollback after a cancel may take before the connection is
@@ -158,7 +162,8 @@ class Database:
 
     async def _run(self, unit: Unit[T], *, transaction: bool) -> T:
         try:
-            return await trio_asyncio.aio_as_trio(_run_unit)(self._pool, unit, transaction)
+            result = await trio_asyncio.aio_as_trio(_run_unit)(self._pool, unit, transaction)
+            return cast(T, result)
         except _UNAVAILABLE as exc:
             raise Unavailable(f"database unavailable: {_describe(exc)}") from exc
 
@@ -170,7 +175,9 @@ class Database:
         return int(self._pool.get_size())
 
     async def close(self) -> None:
-        """Close the pool; connections still busy past CLOSE_BOUND_S are terminated."""
+        """Close the pool (idempotent); connections still busy past CLOSE_BOUND_S are terminated."""
+        if self._pool.is_closing():
+            return
 
         async def _close(pool: asyncpg.Pool) -> None:
             try:

@@ -243,6 +243,7 @@ async def _append(
     if not users:
         return ()
     row = await conn.fetchrow(_APPEND_INBOX, list(users), kind, channel_id, None, data)
+    assert row is not None  # a function call always returns its row
     return _advances(row["user_ids"], row["inbox_seqs"])
 
 

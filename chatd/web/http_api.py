@@ -19,7 +19,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, Unauthorized
-from chatd.models import Principal
+from chatd.models import Channel, Principal
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.inbox import InboxService
@@ -48,6 +48,13 @@ def _json(obj: Any) -> str:
 
 def ok(obj: Any, status: int = 200) -> Response:
     return Response(_json(obj), status=status, content_type="application/json")
+
+
+def channel_json(channel: Channel) -> dict[str, Any]:
+    """The contract's channel object: only ``GET /v1/channels/{id}`` adds ``members``."""
+    out = channel.to_json()
+    out.pop("members", None)
+    return out
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "bad_request",
@@ -92,7 +99,10 @@ def build_http_app(
         return await auth.authenticate(token.strip())
 
     async def body() -> Any:
-        data = await request.get_json(force=True, silent=True)
+        try:
+            data = await request.get_json(force=True, silent=True)
+        except (UnicodeDecodeError, RecursionError):  # not UTF-8; nested too deep to parse
+            data = None
         if data is None:
             raise BadRequest("the body must be valid JSON")
         return params.body_object(data)
@@ -149,11 +159,11 @@ def build_http_app(
             if len(members) != 1:
                 raise Invalid("members: a direct message has exactly one other user")
             channel, created = await channels.open_dm(who, members[0])
-            return ok(channel.to_json(), 201 if created else 200)
+            return ok(channel_json(channel), 201 if created else 200)
         if kind == "group":
             members = params.id_list(data.get("members", []), "members", max_group_members)
-            channel = await channels.create_group(who, data.get("name"), members)  # type: ignore[arg-type]
-            return ok(channel.to_json(), 201)
+            channel = await channels.create_group(who, data.get("name"), members)
+            return ok(channel_json(channel), 201)
         raise Invalid('kind: "dm" or "group"')
 
     @app.get("/v1/channels")
@@ -170,8 +180,8 @@ def build_http_app(
     async def rename_channel(raw_id: str) -> Response:
         who = await principal()
         data = await body()
-        channel = await channels.rename(who, params.path_id(raw_id, "channel_id"), data.get("name"))  # type: ignore[arg-type]
-        return ok(channel.to_json())
+        channel = await channels.rename(who, params.path_id(raw_id, "channel_id"), data.get("name"))
+        return ok(channel_json(channel))
 
     @app.post("/v1/channels/<raw_id>/members")
     async def add_members(raw_id: str) -> Response:
@@ -181,7 +191,7 @@ def build_http_app(
         if not user_ids:
             raise Invalid("user_ids: at least one user id")
         channel = await channels.add_members(who, params.path_id(raw_id, "channel_id"), user_ids)
-        return ok(channel.to_json())
+        return ok(channel_json(channel))
 
     @app.delete("/v1/channels/<raw_id>/members/<raw_user>")
     async def remove_member(raw_id: str, raw_user: str) -> Response:

@@ -72,7 +72,7 @@ def bearer_token(scope: Scope) -> str | None:
                 return token.strip()
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     tokens = query.get("token")
-    return tokens[0] if tokens else None
+    return str(tokens[0]) if tokens else None
 
 
 def offered_subprotocols(scope: Scope) -> list[str]:
