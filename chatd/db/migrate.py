@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 
 import attrs
@@ -62,14 +61,13 @@ class MigrationState:
 
 
 def migrations_dir() -> Path:
-    """Where the SQL files are: packaged as ``chatd.migrations``, or the source tree's."""
-    try:
-        packaged = Path(str(resources.files("chatd.migrations")))
-        if packaged.is_dir():
-            return packaged
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parents[2] / "migrations"
+    """Where the SQL files are: installed inside the package (``chatd/migrations``,
+    see pyproject.toml), or the source tree's top-level ``migrations/``."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "migrations"
+    if installed.is_dir():
+        return installed
+    return package.parent / "migrations"
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:

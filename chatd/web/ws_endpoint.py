@@ -69,7 +69,7 @@ def bearer_token(scope: Scope) -> str | None:
         if name.lower() == b"authorization":
             kind, _, token = value.decode("latin-1").partition(" ")
             if kind.lower() == "bearer" and token.strip():
-                return token.strip()
+                return str(token).strip()
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     tokens = query.get("token")
     return str(tokens[0]) if tokens else None
