@@ -31,6 +31,7 @@ from chatd.services.channels import ChannelService
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
+from chatd.services.writer import SendWriter
 from chatd.web.http_api import build_http_app
 from chatd.web.ws_endpoint import WebSocketEndpoint
 from chatd.ws.session import Session, SessionSettings
@@ -49,12 +50,14 @@ class Services:
     channels: ChannelService
     messages: MessageService
     inbox: InboxService
+    writer: SendWriter
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
         store = Store(db)
         hub = Hub()
         limiter = RateLimiter(config.limits.send_rate_per_s, config.limits.send_burst)
+        writer = SendWriter(store, inbox_max_members=config.fanout.inbox_max_members)
         return cls(
             store=store,
             hub=hub,
@@ -64,10 +67,11 @@ class Services:
                 store,
                 hub,
                 limiter,
+                writer,
                 max_text_chars=config.limits.max_text_chars,
-                inbox_max_members=config.fanout.inbox_max_members,
             ),
             inbox=InboxService(store, hub),
+            writer=writer,
         )
 
 
@@ -100,6 +104,7 @@ class Server:
             app = self._asgi_app(services)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._listen_forever, db, services.hub)
+                await nursery.start(services.writer.run)
                 binds = await nursery.start(self._serve_http, app)
                 url = binds[0] if binds else f"http://{cfg.server.host}:{cfg.server.port}"
                 log.info("node %s listening on %s", cfg.node_name, url)

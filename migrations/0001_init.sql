@@ -83,15 +83,32 @@ LANGUAGE sql STABLE AS $$
     FROM members WHERE channel_id = p_channel
 $$;
 
+-- Tell every node (at commit) whose inbox advanced, and to where: "uid:head,...".
+-- Too many users for one payload (PostgreSQL's limit is 8000 bytes): a coarse
+-- hint, "*", and every node re-reads. Notifications are hints, never data.
+CREATE FUNCTION chatd_notify_inbox(p_users bigint[], p_heads bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_hint text;
+BEGIN
+    v_hint := array_to_string(ARRAY(
+        SELECT u || ':' || max(h) FROM unnest(p_users, p_heads) AS t (u, h) GROUP BY u), ',');
+    IF length(v_hint) > 7000 THEN
+        v_hint := '*';
+    END IF;
+    IF v_hint <> '' THEN
+        PERFORM pg_notify('chatd_inbox', v_hint);
+    END IF;
+END $$;
+
 -- Append one event to each user's inbox. The users' counter rows are locked
 -- in id order first: an UPDATE ... WHERE id = ANY() alone locks in plan order
 -- and deadlocks against a concurrent send once the planner picks a bitmap scan.
 CREATE FUNCTION chatd_append_inbox(
     p_users bigint[], p_kind text, p_channel bigint, p_seq bigint, p_data jsonb,
+    p_notify boolean DEFAULT true,
     OUT user_ids bigint[], OUT inbox_seqs bigint[])
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_hint text;
 BEGIN
     PERFORM 1 FROM users WHERE id = ANY (p_users) ORDER BY id FOR UPDATE;
     WITH bumped AS (
@@ -107,15 +124,8 @@ BEGIN
            coalesce(array_agg(inbox_seq ORDER BY user_id), '{}')
     INTO user_ids, inbox_seqs
     FROM appended;
-    -- A hint for every node (delivered at commit): whose inbox advanced, and to
-    -- where. Too many users for one payload: a coarse hint, every node re-reads.
-    v_hint := array_to_string(ARRAY(
-        SELECT u || ':' || s FROM unnest(user_ids, inbox_seqs) AS t (u, s)), ',');
-    IF length(v_hint) > 7000 THEN
-        v_hint := '*';
-    END IF;
-    IF v_hint <> '' THEN
-        PERFORM pg_notify('chatd_inbox', v_hint);
+    IF p_notify THEN
+        PERFORM chatd_notify_inbox(user_ids, inbox_seqs);
     END IF;
 END $$;
 
@@ -123,6 +133,7 @@ END $$;
 -- inbox fan-out. status is 'sent', 'duplicate' or 'not_member'.
 CREATE FUNCTION chatd_send(
     p_sender bigint, p_channel bigint, p_client_msg_id text, p_text text, p_inbox_max integer,
+    p_notify boolean DEFAULT true,
     OUT status text, OUT channel_id bigint, OUT seq bigint, OUT created_at timestamptz,
     OUT user_ids bigint[], OUT inbox_seqs bigint[])
 LANGUAGE plpgsql AS $$
@@ -160,9 +171,47 @@ BEGIN
     status := 'sent';
     IF v_members <= p_inbox_max THEN
         SELECT a.user_ids, a.inbox_seqs INTO user_ids, inbox_seqs
-        FROM chatd_append_inbox(chatd_recipients(p_channel), 'message', p_channel, seq, NULL) a;
+        FROM chatd_append_inbox(chatd_recipients(p_channel), 'message', p_channel, seq, NULL, p_notify) a;
     ELSE
         user_ids := '{}';
         inbox_seqs := '{}';
     END IF;
+END $$;
+
+-- Group commit: many sends in one transaction (one fsync), each with exactly
+-- the semantics of chatd_send, answered in the order given. Every lock the
+-- batch will need is taken first, in the global order (channel rows by id,
+-- then users rows by id), so batches running side by side, and single
+-- transactions, cannot deadlock with it. A non-member or a duplicate is a
+-- status of its own item, never a failure of the batch. One NOTIFY per batch.
+CREATE FUNCTION chatd_send_batch(
+    p_senders bigint[], p_channels bigint[], p_client_msg_ids text[], p_texts text[], p_inbox_max integer)
+RETURNS TABLE (status text, channel_id bigint, seq bigint, created_at timestamptz,
+               user_ids bigint[], inbox_seqs bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_sent record;
+    v_users bigint[] := '{}';
+    v_heads bigint[] := '{}';
+BEGIN
+    PERFORM 1 FROM channels c WHERE c.id = ANY (p_channels) ORDER BY c.id FOR UPDATE;
+    PERFORM 1 FROM users u
+    WHERE u.id IN (SELECT mb.user_id FROM members mb WHERE mb.channel_id = ANY (p_channels))
+    ORDER BY u.id FOR UPDATE;
+    FOR i IN 1 .. coalesce(array_length(p_senders, 1), 0) LOOP
+        SELECT * INTO v_sent
+        FROM chatd_send(p_senders[i], p_channels[i], p_client_msg_ids[i], p_texts[i], p_inbox_max, false);
+        status := v_sent.status;
+        channel_id := v_sent.channel_id;
+        seq := v_sent.seq;
+        created_at := v_sent.created_at;
+        user_ids := v_sent.user_ids;
+        inbox_seqs := v_sent.inbox_seqs;
+        IF user_ids IS NOT NULL THEN
+            v_users := v_users || user_ids;
+            v_heads := v_heads || inbox_seqs;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    PERFORM chatd_notify_inbox(v_users, v_heads);
 END $$;

@@ -16,8 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
+import attrs
+
 from chatd.db.bridge import Connection, Database
-from chatd.errors import Conflict, Forbidden, Invalid, NotFound, NotMember, TooLarge
+from chatd.errors import ChatdError, Conflict, Forbidden, Invalid, NotFound, NotMember, TooLarge
 from chatd.models import (
     Ack,
     Channel,
@@ -116,6 +119,10 @@ _GROUP_BY_NAME = "SELECT id FROM channels WHERE kind = 'group' AND name = $1 ORD
 # --- messages and inbox -------------------------------------------------------
 
 _SEND = "SELECT status, channel_id, seq, created_at, user_ids, inbox_seqs FROM chatd_send($1, $2, $3, $4, $5)"
+_SEND_BATCH = """
+SELECT status, channel_id, seq, created_at, user_ids, inbox_seqs
+FROM chatd_send_batch($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5)
+"""
 _HISTORY_BEFORE = """
 SELECT channel_id, seq, sender_id, client_msg_id, text, created_at FROM messages
 WHERE channel_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3
@@ -197,6 +204,33 @@ VERIFY_CHECKS: tuple[tuple[str, str], ...] = (
         """,
     ),
 )
+
+
+class BatchFailed(Exception):
+    """A batch of sends could not commit for a reason of the database's (a race
+    on a client_msg_id between nodes, a serialization failure...): nothing of it
+    was stored, and each send may be retried on its own."""
+
+
+@attrs.frozen
+class SendRequest:
+    sender: int
+    channel_id: int
+    client_msg_id: str
+    text: str
+
+
+def _outcome(record: Any, client_msg_id: str) -> SendOutcome | ChatdError:
+    if record["status"] == "not_member":
+        return NotMember("not a member of this channel")
+    ack = Ack(
+        client_msg_id=client_msg_id,
+        channel_id=record["channel_id"],
+        seq=record["seq"],
+        created_at=record["created_at"],
+        duplicate=record["status"] == "duplicate",
+    )
+    return SendOutcome(ack, _advances(record["user_ids"], record["inbox_seqs"]))
 
 
 def _user(record: Any) -> User:
@@ -531,17 +565,38 @@ class Store:
         async def unit(conn: Connection) -> Any:
             return await conn.fetchrow(_SEND, sender, channel_id, client_msg_id, text, inbox_max_members)
 
-        record = await self.db.transaction(unit)
-        if record["status"] == "not_member":
-            raise NotMember("not a member of this channel")
-        ack = Ack(
-            client_msg_id=client_msg_id,
-            channel_id=record["channel_id"],
-            seq=record["seq"],
-            created_at=record["created_at"],
-            duplicate=record["status"] == "duplicate",
-        )
-        return SendOutcome(ack, _advances(record["user_ids"], record["inbox_seqs"]))
+        outcome = _outcome(await self.db.transaction(unit), client_msg_id)
+        if isinstance(outcome, ChatdError):
+            raise outcome
+        return outcome
+
+    async def send_batch(
+        self, requests: Sequence[SendRequest], inbox_max_members: int
+    ) -> list[SendOutcome | ChatdError]:
+        """Commit many sends in one transaction; one answer per request, in order.
+
+        A non-member is an answer (NotMember), not a failure. Raises Unavailable
+        when the database cannot be reached, BatchFailed when it refused the
+        batch as a whole (nothing stored; each send may be retried alone).
+        """
+
+        async def unit(conn: Connection) -> list[Any]:
+            return list(
+                await conn.fetch(
+                    _SEND_BATCH,
+                    [r.sender for r in requests],
+                    [r.channel_id for r in requests],
+                    [r.client_msg_id for r in requests],
+                    [r.text for r in requests],
+                    inbox_max_members,
+                )
+            )
+
+        try:
+            records = await self.db.transaction(unit)
+        except asyncpg.PostgresError as exc:
+            raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
+        return [_outcome(rec, req.client_msg_id) for rec, req in zip(records, requests)]
 
     async def history(
         self, channel_id: int, user_id: int, *, before: int | None, after: int | None, limit: int
@@ -624,4 +679,4 @@ class Store:
         return await self.db.read(unit)
 
 
-__all__ = ["Store", "VERIFY_CHECKS", "format_time"]
+__all__ = ["BatchFailed", "SendRequest", "Store", "VERIFY_CHECKS", "format_time"]

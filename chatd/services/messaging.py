@@ -1,6 +1,6 @@
 """Sending and reading messages: the checks of PROTOCOL §4, then one commit.
 
-The ack is built only from the committed row (or the original one, for a
+Commits go through the group-commit writer. The ack is built only from the committed row (or the original one, for a
 retried ``client_msg_id``), so an ack always means "durably stored".
 """
 
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from chatd.db.store import Store
+from chatd.db.store import SendRequest, Store
 from chatd.errors import Invalid, RateLimited, TooLarge
 from chatd.hub import Hub
 from chatd.models import Ack, Message, Principal
 from chatd.services.ratelimit import RateLimiter
+from chatd.services.writer import SendWriter
 
 MAX_CLIENT_MSG_ID_CHARS = 64
 
@@ -23,15 +24,15 @@ class MessageService:
         store: Store,
         hub: Hub,
         limiter: RateLimiter,
+        writer: SendWriter,
         *,
         max_text_chars: int,
-        inbox_max_members: int,
     ) -> None:
         self.store = store
         self.hub = hub
         self.limiter = limiter
+        self.writer = writer
         self.max_text_chars = max_text_chars
-        self.inbox_max_members = inbox_max_members
 
     async def send(
         self, principal: Principal, channel_id: int, client_msg_id: str, text: str, media_ids: Sequence[int] = ()
@@ -54,9 +55,7 @@ class MessageService:
         wait = self.limiter.take(principal.user_id)
         if wait:
             raise RateLimited("too many messages; slow down", wait)
-        outcome = await self.store.send(
-            principal.user_id, channel_id, client_msg_id, text, self.inbox_max_members
-        )
+        outcome = await self.writer.submit(SendRequest(principal.user_id, channel_id, client_msg_id, text))
         self.hub.advance(outcome.advances)
         return outcome.ack
 

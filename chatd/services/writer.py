@@ -1,0 +1,112 @@
+"""Group commit: the sends that arrive while a batch commits share the next transaction.
+
+Sessions and HTTP handlers :meth:`SendWriter.submit` a send and wait for its
+answer. A few writer tasks take whatever is queued (up to MAX_BATCH) and
+commit it as one transaction with one round trip (``chatd_send_batch``), so
+under load many sends share one fsync and one bridge crossing, and with no
+load a send waits for nothing (no timer). Each send is answered only after
+its batch committed.
+
+Failure: the database unreachable answers ``unavailable`` to every send of
+the batch (nothing stored; clients retry with the same client_msg_id). A
+batch the database refuses as a whole is retried send by send, so one odd
+send never fails the others.
+
+Cancellation: a submitter cancelled while waiting leaves its send to the
+writer, which commits it anyway; the client learns the outcome by retrying
+with the same client_msg_id (the retry answers the original ack).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import trio
+
+from chatd.db.store import BatchFailed, SendRequest, Store
+from chatd.errors import ChatdError, Unavailable
+from chatd.models import SendOutcome
+
+log = logging.getLogger(__name__)
+
+#: Most sends in one transaction; bounds the transaction's time and locks.
+MAX_BATCH = 256
+#: Sends waiting for a writer before submitters wait to enqueue (backpressure).
+QUEUE = 4096
+
+
+class _Pending:
+    __slots__ = ("request", "done", "result")
+
+    def __init__(self, request: SendRequest) -> None:
+        self.request = request
+        self.done = trio.Event()
+        self.result: SendOutcome | ChatdError = Unavailable("not committed")
+
+
+class SendWriter:
+    def __init__(self, store: Store, *, inbox_max_members: int, writers: int = 2) -> None:
+        self.store = store
+        self.inbox_max_members = inbox_max_members
+        self.writers = writers
+        self._in, self._out = trio.open_memory_channel[_Pending](QUEUE)
+        self.batches = 0
+        self.sends = 0
+
+    async def submit(self, request: SendRequest) -> SendOutcome:
+        """Queue one send and wait for its commit; raises its ChatdError (NotMember, Unavailable)."""
+        pending = _Pending(request)
+        try:
+            await self._in.send(pending)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise Unavailable("server is shutting down; retry") from None
+        await pending.done.wait()
+        if isinstance(pending.result, ChatdError):
+            raise pending.result
+        return pending.result
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the writer tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.writers):
+                nursery.start_soon(self._write_loop)
+            task_status.started()
+
+    async def _write_loop(self) -> None:
+        async for first in self._out:
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._out.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            # The answers must go out even if this task is being cancelled (shutdown).
+            with trio.CancelScope(shield=True):
+                await self._commit(batch)
+
+    async def _commit(self, batch: Sequence[_Pending]) -> None:
+        requests = [p.request for p in batch]
+        try:
+            results = await self.store.send_batch(requests, self.inbox_max_members)
+        except Unavailable as exc:
+            results = [exc] * len(batch)
+        except BatchFailed as exc:
+            log.warning("batch of %d sends refused (%s); retrying one by one", len(batch), exc)
+            results = [await self._commit_one(r) for r in requests]
+        self.batches += 1
+        self.sends += len(batch)
+        for pending, result in zip(batch, results):
+            pending.result = result
+            pending.done.set()
+
+    async def _commit_one(self, request: SendRequest) -> SendOutcome | ChatdError:
+        try:
+            return await self.store.send(
+                request.sender, request.channel_id, request.client_msg_id, request.text, self.inbox_max_members
+            )
+        except ChatdError as exc:
+            return exc
+        except Exception:  # the database refused this one send: answer it, keep the others
+            log.exception("send refused by the database")
+            return Unavailable("the send could not be committed; retry")
