@@ -18,7 +18,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, Unauthorized
+from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, TooLarge, Unauthorized
 from chatd.models import Channel, Principal
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
@@ -73,6 +73,21 @@ def build_http_app(
     app = QuartTrio("chatd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.url_map.merge_slashes = False  # "/v1//me" is a 404 like any unknown path, not a redirect
+
+    @app.after_request
+    async def settle_body(response: Response) -> Response:
+        """Take in what is left of the request body before answering.
+
+        An answer sent while the client still sends its body (an early 401 or
+        404) leaves the keep-alive connection stuck: the next request on it
+        hangs. A body over the limit is never read: that connection closes.
+        """
+        try:
+            await request.get_data()
+        except HTTPException:
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(ChatdError)
     async def on_chatd_error(exc: ChatdError) -> Response:
@@ -101,11 +116,19 @@ def build_http_app(
     async def body() -> Any:
         try:
             data = await request.get_json(force=True, silent=True)
-        except (UnicodeDecodeError, RecursionError):  # not UTF-8; nested too deep to parse
+            _json(data).encode("utf-8")  # a lone surrogate ("\ud800") is valid JSON but not text
+        except (UnicodeError, RecursionError):  # not UTF-8; not text; nested too deep
             data = None
         if data is None:
             raise BadRequest("the body must be valid JSON")
         return params.body_object(data)
+
+    def group_ids(value: Any, name: str) -> list[int]:
+        """User ids for a group; more distinct ids than a group may hold is ``too_large``, not ``invalid``."""
+        ids = params.id_list(value, name, MAX_BODY_BYTES)  # the body size bounds the list
+        if len(set(ids)) > max_group_members:
+            raise TooLarge(f"a group has at most {max_group_members} members")
+        return ids
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -142,8 +165,8 @@ def build_http_app(
     async def users() -> Response:
         await principal()
         query = request.args.get("query", "")
-        if len(query) > 100:
-            raise Invalid("query: at most 100 characters")
+        if len(query) > 100 or "\x00" in query:
+            raise Invalid("query: at most 100 characters, no NUL")
         limit = params.query_int(request.args, "limit", default=50, low=1, high=200)
         assert limit is not None
         found = await auth.store.search_users(query, limit)
@@ -161,7 +184,7 @@ def build_http_app(
             channel, created = await channels.open_dm(who, members[0])
             return ok(channel_json(channel), 201 if created else 200)
         if kind == "group":
-            members = params.id_list(data.get("members", []), "members", max_group_members)
+            members = group_ids(data.get("members", []), "members")
             channel = await channels.create_group(who, data.get("name"), members)
             return ok(channel_json(channel), 201)
         raise Invalid('kind: "dm" or "group"')
@@ -187,7 +210,7 @@ def build_http_app(
     async def add_members(raw_id: str) -> Response:
         who = await principal()
         data = await body()
-        user_ids = params.id_list(data.get("user_ids"), "user_ids", max_group_members)
+        user_ids = group_ids(data.get("user_ids"), "user_ids")
         if not user_ids:
             raise Invalid("user_ids: at least one user id")
         channel = await channels.add_members(who, params.path_id(raw_id, "channel_id"), user_ids)
