@@ -259,7 +259,7 @@ def cmd_verify(config: Config, _args: argparse.Namespace) -> None:
     run_with_db(config, body)
     if problems:
         for line in problems[1:]:
-            print(line, file=sys.stderr)
+            print(line)  # the details on stdout: stderr holds the one-line failure
         raise CommandError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     print("ok: seq, inbox_seq, references and watermarks are consistent")
 

@@ -19,9 +19,14 @@ from typing import Protocol
 
 import trio
 
-from chatd.models import InboxAdvance
+from chatd.models import InboxAdvance, InboxEvent
 
 log = logging.getLogger(__name__)
+
+
+#: Recent events kept per watched user, so live delivery of this node's own
+#: writes needs no database read. Bounded: older ones are re-read if needed.
+RECENT_EVENTS = 64
 
 
 class InboxSignal:
@@ -29,14 +34,34 @@ class InboxSignal:
 
     Waiters take :attr:`event` *before* reading the inbox and wait on it after;
     an advance in between has already set it, so no wake-up falls in the gap.
+    It also keeps the last few events this node committed for the user
+    (:meth:`events_after`), the fast path of live delivery.
     """
 
-    __slots__ = ("head", "event", "users")
+    __slots__ = ("head", "event", "users", "recent")
 
     def __init__(self) -> None:
         self.head = 0
         self.event = trio.Event()
         self.users = 0
+        self.recent: dict[int, InboxEvent] = {}
+
+    def remember(self, event: InboxEvent) -> None:
+        self.recent[event.inbox_seq] = event
+        if len(self.recent) > RECENT_EVENTS:
+            del self.recent[min(self.recent)]
+
+    def events_after(self, cursor: int) -> list[InboxEvent] | None:
+        """Events cursor+1..head from memory, or None when any of them is not here."""
+        if self.head <= cursor:
+            return None
+        found = []
+        for inbox_seq in range(cursor + 1, self.head + 1):
+            event = self.recent.get(inbox_seq)
+            if event is None:
+                return None
+            found.append(event)
+        return found
 
     def fire(self, head: int | None) -> None:
         if head is not None:
@@ -83,6 +108,14 @@ class Hub:
             signal = self._signals.get(adv.user_id)
             if signal is not None:
                 signal.fire(adv.head)
+
+    def publish(self, events: Iterable[tuple[int, InboxEvent]]) -> None:
+        """Events this node just committed, per user: remembered, then the users woken."""
+        for user_id, event in events:
+            signal = self._signals.get(user_id)
+            if signal is not None:
+                signal.remember(event)
+                signal.fire(event.inbox_seq)
 
     def wake_all(self) -> None:
         """Every watcher re-reads from its cursor (after a lost LISTEN connection, a coarse hint)."""

@@ -32,7 +32,7 @@ import trio
 
 from chatd.errors import ChatdError, RateLimited, Unavailable
 from chatd.hub import Hub
-from chatd.models import Principal
+from chatd.models import InboxEvent, Principal
 from chatd.services.inbox import PAGE, InboxService
 from chatd.services.messaging import MessageService
 from chatd.wire.codec import FrameError, WireFormat, decode_client_frame, encode, error_frame
@@ -238,9 +238,11 @@ class Session:
             caught_up = False
             while True:
                 wake = signal.event
-                events = await self.inbox.read(self.user_id, cursor, PAGE)
+                events = signal.events_after(cursor) if caught_up else None
+                if events is None:
+                    events = await self.inbox.read(self.user_id, cursor, PAGE)
                 for event in events:
-                    await self._queue(event.to_frame())
+                    await self._queue_event(event)
                     cursor = event.inbox_seq
                 if len(events) == PAGE:
                     continue
@@ -250,6 +252,18 @@ class Session:
                 if signal.head > cursor:
                     continue
                 await wake.wait()
+
+    async def _queue_event(self, event: InboxEvent) -> None:
+        body = event.body
+        if body is None or self.fmt is not WireFormat.JSON:
+            await self._queue(event.to_frame())
+            return
+        # Encode the shared body once for all recipients; splice in this inbox_seq.
+        tail = body.encoded.get(self.fmt)
+        if tail is None:
+            tail = body.encoded[self.fmt] = str(encode(body.fields, self.fmt))[1:]
+        prefix = f'{{"type":"event","inbox_seq":{event.inbox_seq},"kind":"{event.kind}"'
+        await self._queue_data(prefix + ("," + tail if tail != "}" else "}"))
 
     async def _writer(self) -> None:
         async with self._out_recv:
@@ -261,7 +275,9 @@ class Session:
 
     async def _queue(self, frame: dict[str, Any]) -> None:
         """Queue a frame for the writer; a queue full for send_stall_s closes with 1008."""
-        data = encode(frame, self.fmt)
+        await self._queue_data(encode(frame, self.fmt))
+
+    async def _queue_data(self, data: str | bytes) -> None:
         try:
             self._out_send.send_nowait(data)
             return
