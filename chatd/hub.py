@@ -122,8 +122,18 @@ class Hub:
         for signal in self._signals.values():
             signal.fire(None)
 
-    def on_notify(self, payload: str) -> None:
-        """Apply a NOTIFY hint: ``"uid:head,uid:head"``, or ``"*"`` for everyone."""
+    def on_notify(self, payload: str, *, from_this_node: bool = False) -> None:
+        """Apply a NOTIFY hint: ``"uid:head,uid:head"``, or ``"*"`` for everyone.
+
+        A ``"w:"`` hint comes from a group-commit batch; the node that ran it
+        publishes its events itself (:meth:`publish`, right after the commit)
+        and skips its own hint, which would otherwise often arrive first and
+        send its sessions to the database for events on their way to memory.
+        """
+        if payload.startswith("w:"):
+            if from_this_node:
+                return
+            payload = payload[2:]
         if payload == "*":
             self.wake_all()
             return

@@ -57,7 +57,7 @@ class Services:
         store = Store(db)
         hub = Hub()
         limiter = RateLimiter(config.limits.send_rate_per_s, config.limits.send_burst)
-        writer = SendWriter(store, inbox_max_members=config.fanout.inbox_max_members)
+        writer = SendWriter(store, hub, inbox_max_members=config.fanout.inbox_max_members)
         return cls(
             store=store,
             hub=hub,
@@ -204,9 +204,12 @@ class Server:
             else:
                 log.info("LISTEN connection restored")
 
+        def notified(pid: int, payload: str) -> None:
+            hub.on_notify(payload, from_this_node=pid in db.backend_pids)
+
         while True:
             try:
-                await db.listen(INBOX_CHANNEL, hub.on_notify, ready)
+                await db.listen(INBOX_CHANNEL, notified, ready)
             except Unavailable as exc:
                 log.warning("LISTEN connection lost (%s); retrying in %.1fs", exc, backoff)
             if not started:

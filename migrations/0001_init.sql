@@ -86,7 +86,9 @@ $$;
 -- Tell every node (at commit) whose inbox advanced, and to where: "uid:head,...".
 -- Too many users for one payload (PostgreSQL's limit is 8000 bytes): a coarse
 -- hint, "*", and every node re-reads. Notifications are hints, never data.
-CREATE FUNCTION chatd_notify_inbox(p_users bigint[], p_heads bigint[])
+-- p_prefix "w:" marks a group-commit batch, whose own node delivers from the
+-- batch's result and so may skip the hint (it knows its backends' pids).
+CREATE FUNCTION chatd_notify_inbox(p_users bigint[], p_heads bigint[], p_prefix text DEFAULT '')
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_hint text;
@@ -97,7 +99,7 @@ BEGIN
         v_hint := '*';
     END IF;
     IF v_hint <> '' THEN
-        PERFORM pg_notify('chatd_inbox', v_hint);
+        PERFORM pg_notify('chatd_inbox', p_prefix || v_hint);
     END IF;
 END $$;
 
@@ -213,5 +215,5 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
-    PERFORM chatd_notify_inbox(v_users, v_heads);
+    PERFORM chatd_notify_inbox(v_users, v_heads, 'w:');
 END $$;

@@ -141,28 +141,38 @@ async def _run_unit(pool: asyncpg.Pool, unit: Unit[T], transaction: bool) -> T:
 class Database:
     """A pool of asyncpg connections, used from Trio one unit at a time."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, backend_pids: set[int]) -> None:
         self._pool = pool
         self.dsn = dsn
+        #: Server pids of this pool's connections: a NOTIFY from one of them came from this node.
+        self.backend_pids = backend_pids
 
     @classmethod
     async def connect(
         cls, dsn: str, *, min_size: int = 2, max_size: int = 10, application_name: str = "chatd"
     ) -> Database:
         """Open the pool (inside :func:`open_bridge`). Raises Unavailable."""
+        backend_pids: set[int] = set()
+
+        async def init(conn: Connection) -> None:
+            await _init_connection(conn)
+            pid = conn.get_server_pid()
+            backend_pids.add(pid)
+            conn.add_termination_listener(lambda _conn: backend_pids.discard(pid))
+
         try:
             pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
-                init=_init_connection,
+                init=init,
                 reset=_keep_session,
                 timeout=CONNECT_TIMEOUT_S,
                 server_settings={"application_name": application_name[:63]},
             )
         except _UNAVAILABLE as exc:
             raise Unavailable(f"database unreachable: {_describe(exc)}") from exc
-        return cls(pool, dsn)
+        return cls(pool, dsn, backend_pids)
 
     async def transaction(self, unit: Unit[T]) -> T:
         """Run ``unit`` in one transaction: committed if it returns, rolled back if not."""
@@ -202,10 +212,11 @@ class Database:
             await trio_asyncio.aio_as_trio(_close)(self._pool)
 
     async def listen(
-        self, channel: str, on_payload: Callable[[str], None], on_ready: Callable[[], None]
+        self, channel: str, on_payload: Callable[[int, str], None], on_ready: Callable[[], None]
     ) -> None:
         """Hold one dedicated LISTEN connection until cancelled, calling ``on_payload`` per notification.
 
+        ``on_payload`` gets the notifying backend's pid and the payload;
         ``on_ready`` is called once the LISTEN is in place.
 
         ``on_payload`` runs synchronously in this thread (trio-asyncio runs asyncio
@@ -214,8 +225,8 @@ class Database:
         """
         lost = trio.Event()
 
-        def _notified(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            on_payload(payload)
+        def _notified(_conn: Any, pid: int, _channel: str, payload: str) -> None:
+            on_payload(pid, payload)
 
         def _terminated(_conn: Any) -> None:
             lost.set()

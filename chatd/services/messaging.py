@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from chatd.db.store import SendRequest, Store
 from chatd.errors import Invalid, RateLimited, TooLarge
 from chatd.hub import Hub
-from chatd.models import Ack, EventBody, InboxEvent, Message, Principal
+from chatd.models import Ack, Message, Principal
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.writer import SendWriter
 
@@ -56,20 +56,6 @@ class MessageService:
         if wait:
             raise RateLimited("too many messages; slow down", wait)
         outcome = await self.writer.submit(SendRequest(principal.user_id, channel_id, client_msg_id, text))
-        if outcome.advances:
-            message = Message(
-                channel_id=outcome.ack.channel_id,
-                seq=outcome.ack.seq,
-                sender_id=principal.user_id,
-                client_msg_id=client_msg_id,
-                text=text,
-                created_at=outcome.ack.created_at,
-            )
-            # One body shared by every recipient's event: rendered once, encoded once per format.
-            body = EventBody(message.to_json())
-            self.hub.publish(
-                (adv.user_id, InboxEvent(adv.head, "message", body.fields, body)) for adv in outcome.advances
-            )
         return outcome.ack
 
     async def history(

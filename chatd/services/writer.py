@@ -12,6 +12,11 @@ the batch (nothing stored; clients retry with the same client_msg_id). A
 batch the database refuses as a whole is retried send by send, so one odd
 send never fails the others.
 
+Delivery: right after a commit the writer publishes each new message event
+to the hub (the recipients' sessions on this node take it from memory). It is
+the writer that does it, shielded, so a submitter that went away cannot make
+this node's sessions miss a wake-up.
+
 Cancellation: a submitter cancelled while waiting leaves its send to the
 writer, which commits it anyway; the client learns the outcome by retrying
 with the same client_msg_id (the retry answers the original ack).
@@ -26,7 +31,8 @@ import trio
 
 from chatd.db.store import BatchFailed, SendRequest, Store
 from chatd.errors import ChatdError, Unavailable
-from chatd.models import SendOutcome
+from chatd.hub import Hub
+from chatd.models import EventBody, InboxEvent, Message, SendOutcome
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +52,9 @@ class _Pending:
 
 
 class SendWriter:
-    def __init__(self, store: Store, *, inbox_max_members: int, writers: int = 2) -> None:
+    def __init__(self, store: Store, hub: Hub, *, inbox_max_members: int, writers: int = 2) -> None:
         self.store = store
+        self.hub = hub
         self.inbox_max_members = inbox_max_members
         self.writers = writers
         self._in, self._out = trio.open_memory_channel[_Pending](QUEUE)
@@ -97,8 +104,25 @@ class SendWriter:
         self.batches += 1
         self.sends += len(batch)
         for pending, result in zip(batch, results):
+            if isinstance(result, SendOutcome):
+                self._publish(pending.request, result)
             pending.result = result
             pending.done.set()
+
+    def _publish(self, request: SendRequest, outcome: SendOutcome) -> None:
+        if not outcome.advances:
+            return  # a duplicate: nothing new
+        message = Message(
+            channel_id=outcome.ack.channel_id,
+            seq=outcome.ack.seq,
+            sender_id=request.sender,
+            client_msg_id=request.client_msg_id,
+            text=request.text,
+            created_at=outcome.ack.created_at,
+        )
+        # One body shared by every recipient's event: rendered once, encoded once per format.
+        body = EventBody(message.to_json())
+        self.hub.publish((adv.user_id, InboxEvent(adv.head, "message", body.fields, body)) for adv in outcome.advances)
 
     async def _commit_one(self, request: SendRequest) -> SendOutcome | ChatdError:
         try:
