@@ -1,8 +1,9 @@
 """The composition root: wires store, hub, services, HTTP and WebSocket, and runs them.
 
-One port serves both: a small ASGI dispatcher hands ``/v1/ws`` upgrades to
-:class:`chatd.web.ws_endpoint.WebSocketEndpoint` and everything else to the
-Quart app, both under one hypercorn server.
+One port serves both (chatd.web.listener): ``/v1/ws`` upgrades go to the
+wsproto endpoint, everything else to hypercorn serving a small ASGI
+dispatcher (the Quart app, plus the ASGI WebSocket handler for upgrades on
+keep-alive connections).
 
 Stopping (:meth:`Server.stop`, on SIGTERM/SIGINT): stop accepting, tell every
 client ``reconnect`` (spread over the heartbeat), let in-flight sends commit
@@ -18,7 +19,6 @@ from typing import Any
 import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from chatd.config import Config
 from chatd.db.bridge import Database
@@ -32,8 +32,10 @@ from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.writer import SendWriter
+from chatd.web import listener
 from chatd.web.http_api import build_http_app
 from chatd.web.ws_endpoint import WebSocketEndpoint
+from chatd.web.ws_wsproto import WsprotoEndpoint
 from chatd.ws.session import Session, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,7 @@ class Server:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._listen_forever, db, services.hub)
                 await nursery.start(services.writer.run)
-                binds = await nursery.start(self._serve_http, app)
-                url = binds[0] if binds else f"http://{cfg.server.host}:{cfg.server.port}"
+                url = await nursery.start(self._serve_http, app)
                 log.info("node %s listening on %s", cfg.node_name, url)
                 task_status.started(url)
                 await self._stop.wait()
@@ -146,6 +147,7 @@ class Server:
             )
 
         ws = WebSocketEndpoint(services.auth.authenticate, make_session)
+        self._ws_fast = WsprotoEndpoint(services.auth.authenticate, make_session, cfg.limits.max_frame_bytes)
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "websocket":
@@ -180,7 +182,15 @@ class Server:
         hc.keep_alive_timeout = 75
         hc.websocket_ping_interval = None
         try:
-            await hypercorn_serve(app, hc, shutdown_trigger=self._stop.wait, task_status=task_status)
+            await listener.serve(
+                app,
+                hc,
+                self._ws_fast,
+                host=cfg.server.host,
+                port=cfg.server.port,
+                shutdown_trigger=self._stop.wait,
+                task_status=task_status,
+            )
         finally:
             self._http_done.set()
 

@@ -1,5 +1,10 @@
 """``GET /v1/ws`` as a plain ASGI handler, beside (not inside) the Quart app.
 
+Since chatd's own listener (chatd.web.listener) sends fresh ``/v1/ws``
+upgrades to the wsproto path, this handler serves the upgrades that arrive on
+an HTTP keep-alive connection hypercorn already owns; both paths share the
+handshake helpers below.
+
 Quart's per-message WebSocket layers cost ~1.8x the CPU per frame and ~1.9x
 the memory per connection (../shared/DESIGN.md), so the composition root
 routes this one path straight here: hypercorn's wsproto stream, the ASGI
@@ -13,7 +18,7 @@ HTTP 401 with the contract's error body (hypercorn supports the
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -52,6 +57,10 @@ class AsgiTransport:
         except Exception as exc:  # the server's own "connection gone" errors vary by version
             self._closed = True
             raise TransportClosed() from exc
+
+    async def send_many(self, frames: Sequence[str | bytes]) -> None:
+        for data in frames:
+            await self.send(data)
 
     async def close(self, code: int, reason: str) -> None:
         if self._closed:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -50,6 +51,8 @@ CLOSE_REVOKED = 4001
 
 #: Sends queued per connection while one commits (the reader waits beyond it).
 SEND_QUEUE = 32
+#: Most queued frames written to the socket at once.
+WRITE_BATCH = 64
 
 
 class TransportClosed(Exception):
@@ -62,6 +65,10 @@ class Transport(Protocol):
     async def receive(self) -> str | bytes: ...
 
     async def send(self, data: str | bytes) -> None: ...
+
+    async def send_many(self, frames: Sequence[str | bytes]) -> None:
+        """Send several frames, in order (one socket write where the transport can)."""
+        ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -268,7 +275,13 @@ class Session:
     async def _writer(self) -> None:
         async with self._out_recv:
             async for data in self._out_recv:
-                await self.transport.send(data)
+                batch = [data]
+                while len(batch) < WRITE_BATCH:
+                    try:
+                        batch.append(self._out_recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self.transport.send_many(batch)
         self._request_close(CLOSE_RESTART, "server restarting")
 
     # --- the outgoing queue ------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""One port for HTTP and WebSocket: read the request head, then hand the connection over.
+
+``GET /v1/ws`` upgrades go to chatd's own WebSocket handler on wsproto
+(:mod:`chatd.web.ws_wsproto`): measured here, hypercorn + Quart's WebSocket
+machinery costs ~1.8x the CPU per frame and ~1.9x the memory per connection
+of a bare wsproto connection (../shared/DESIGN.md), and only our own loop can
+coalesce many frames into one socket write. Every other connection is
+served by hypercorn's own per-connection server, with the bytes already read
+put back in front of the stream, so HTTP behaves exactly as under
+``hypercorn.trio.serve``. An upgrade that arrives later on a keep-alive HTTP
+connection still works: hypercorn hands it to the ASGI WebSocket handler.
+
+This module mirrors ``hypercorn.trio.run.worker_serve`` (lifespan, worker
+context, graceful shutdown by deadline) around our own accept loop; it uses
+hypercorn's TCPServer, Lifespan and WorkerContext, whose constructors are
+pinned by the version range in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import wrap_app
+
+log = logging.getLogger(__name__)
+
+#: A request head larger than this is not a request we serve.
+MAX_HEAD_BYTES = 16 * 1024
+#: A client must send its request head within this time (slowloris).
+HEAD_TIMEOUT_S = 10.0
+WS_PATH = b"/v1/ws"
+
+WsHandler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
+
+
+class PrefixedStream(trio.abc.HalfCloseableStream):
+    """A socket stream with bytes already read put back in front."""
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self.stream = stream
+        self.socket = stream.socket
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def read_head(stream: trio.SocketStream) -> bytes:
+    """Bytes up to and including the end of the request head (or what came before EOF/limit)."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < MAX_HEAD_BYTES:
+        chunk = await stream.receive_some(MAX_HEAD_BYTES)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def is_websocket_upgrade(head: bytes) -> bool:
+    """A ``GET /v1/ws`` (with any query) asking to upgrade to websocket."""
+    line, _, rest = head.partition(b"\r\n")
+    parts = line.split(b" ")
+    if len(parts) != 3 or parts[0] != b"GET":
+        return False
+    if parts[1].split(b"?", 1)[0] != WS_PATH:
+        return False
+    for header in rest.split(b"\r\n"):
+        name, _, value = header.partition(b":")
+        if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
+            return True
+    return False
+
+
+async def serve(
+    app: Any,
+    config: HypercornConfig,
+    ws_handler: WsHandler,
+    *,
+    host: str,
+    port: int,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns; then stop accepting and give open
+    connections ``config.graceful_timeout`` seconds before cancelling them."""
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            with trio.move_on_after(HEAD_TIMEOUT_S):
+                head = await read_head(stream)
+            if head and is_websocket_upgrade(head):
+                await ws_handler(stream, head)
+            elif head:
+                await TCPServer(wrapped, config, context, lifespan_state.copy(), PrefixedStream(stream, head))  # type: ignore[arg-type]
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(partial(trio.serve_listeners, handle, listeners, handler_nursery=handlers))
+                task_status.started(f"http://{bound[0]}:{bound[1]}")
+                await shutdown_trigger()
+                accepting.cancel_scope.cancel()  # closes the listeners: stop accepting
+            await context.terminated.set()  # idle keep-alive HTTP connections close
+            handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
