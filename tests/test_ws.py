@@ -330,3 +330,35 @@ async def test_http_and_websocket_share_one_port(db_url: str) -> None:
         async with ws_client(srv, alice.token) as a:
             await a.send({"type": "ping"})
             assert (await a.recv())["type"] == "pong"
+
+
+async def test_upgrade_on_a_keep_alive_http_connection(db_url: str) -> None:
+    """An upgrade after an HTTP request on the same connection is served too (by the ASGI path)."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    async with running_server(db_url) as srv:
+        alice = await srv.user("alice")
+        host, port = srv.url.removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(f"GET /healthz HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+            response = b""
+            with trio.fail_after(5):
+                while b'"ok"' not in response:
+                    response += await stream.receive_some(4096)
+            assert response.startswith(b"HTTP/1.1 200")
+            ws = WSConnection(ConnectionType.CLIENT)
+            await stream.send_all(ws.send(Request(host=host, target=f"/v1/ws?token={alice.token}")))
+            frames: list[str] = []
+            with trio.fail_after(5):
+                while not frames:
+                    ws.receive_data(await stream.receive_some(4096))
+                    for event in ws.events():
+                        assert not isinstance(event, Exception)
+                        if isinstance(event, AcceptConnection):
+                            continue
+                        if isinstance(event, TextMessage):
+                            frames.append(event.data)
+            welcome = json.loads(frames[0])
+            assert welcome["type"] == "welcome" and welcome["user_id"] == alice.user_id
