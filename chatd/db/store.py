@@ -112,7 +112,7 @@ SELECT coalesce(
 """
 _NODE_CONNECTIONS = """
 SELECT substr(application_name, 7) AS node, count(*) AS n FROM pg_stat_activity
-WHERE application_name LIKE 'chatd:%' GROUP BY 1 ORDER BY 1
+WHERE application_name LIKE 'chatd:%' AND datname = current_database() GROUP BY 1 ORDER BY 1
 """
 _GROUP_BY_NAME = "SELECT id FROM channels WHERE kind = 'group' AND name = $1 ORDER BY id"
 
