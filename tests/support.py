@@ -139,6 +139,8 @@ class WsClient:
     def __init__(self, ws: WebSocketConnection, fmt: str) -> None:
         self.ws = ws
         self.fmt = fmt
+        #: Frames read while waiting for a particular answer, returned by recv() first.
+        self.pending: list[dict[str, Any]] = []
 
     async def send(self, frame: Mapping[str, Any]) -> None:
         if self.fmt == "msgpack":
@@ -150,6 +152,8 @@ class WsClient:
         await self.ws.send_message(data)
 
     async def recv(self, timeout: float = 10) -> dict[str, Any]:
+        if self.pending:
+            return self.pending.pop(0)
         with trio.fail_after(timeout):
             data = await self.ws.get_message()
         if isinstance(data, bytes):
@@ -183,10 +187,16 @@ class WsClient:
         await self.send(
             {"type": "send", "channel_id": channel_id, "client_msg_id": client_msg_id, "text": text, "ref": client_msg_id}
         )
-        while True:
-            frame = await self.recv()
-            if frame.get("ref") == client_msg_id and frame["type"] in ("ack", "error"):
-                return frame
+        # The events of the message may come before its ack: keep them for recv().
+        kept = []
+        try:
+            while True:
+                frame = await self.recv()
+                if frame.get("ref") == client_msg_id and frame["type"] in ("ack", "error"):
+                    return frame
+                kept.append(frame)
+        finally:
+            self.pending[:0] = kept
 
 
 @asynccontextmanager

@@ -62,6 +62,9 @@ class AsgiTransport:
         for data in frames:
             await self.send(data)
 
+    def abort(self) -> None:
+        self._closed = True
+
     async def close(self, code: int, reason: str) -> None:
         if self._closed:
             return

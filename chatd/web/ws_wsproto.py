@@ -57,6 +57,7 @@ class WsprotoTransport:
         self._parts: list[Any] = []
         self._size = 0
         self._events: Iterator[Event] = iter(())
+        self._aborted = False
 
     async def receive(self) -> str | bytes:
         while True:
@@ -92,15 +93,18 @@ class WsprotoTransport:
 
     async def send_many(self, frames: Sequence[str | bytes]) -> None:
         """Send several frames with one socket write."""
-        if self._ws.state is not ConnectionState.OPEN:
+        if self._aborted or self._ws.state is not ConnectionState.OPEN:
             raise TransportClosed()
         out = b"".join(
             self._ws.send(TextMessage(data=f) if isinstance(f, str) else BytesMessage(data=f)) for f in frames
         )
         await self._send_bytes(out)
 
+    def abort(self) -> None:
+        self._aborted = True
+
     async def close(self, code: int, reason: str) -> None:
-        if self._ws.state is not ConnectionState.OPEN:
+        if self._aborted or self._ws.state is not ConnectionState.OPEN:
             return
         await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason)))
 

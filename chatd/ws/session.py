@@ -15,6 +15,9 @@ Backpressure: the outgoing queue is bounded (``server.outgoing_queue``). A
 producer that finds it full for ``server.send_stall_s`` closes the connection
 with 1008; the client catches up with ``sync`` after reconnecting. Every
 producer is this connection's own task, so a slow client never slows others.
+A client that reads nothing at all cannot receive the close frame either: a
+socket write that stalls for ``send_stall_s`` drops the connection (the
+client sees 1006).
 
 Resource handling: everything lives in the connection's nursery and ends with
 it; the transport is closed in ``finally`` with the first close code asked for.
@@ -71,6 +74,10 @@ class Transport(Protocol):
         ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+    def abort(self) -> None:
+        """A write was cut short: send nothing more (no close frame); the socket is dropped."""
+        ...
 
 
 @attrs.frozen
@@ -281,7 +288,17 @@ class Session:
                         batch.append(self._out_recv.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                await self.transport.send_many(batch)
+                # A write cut short leaves half a frame on the wire, after which no
+                # close frame can be sent: so a write is not cancelled with the
+                # session, it is bounded instead. Past the bound the client is
+                # too slow and the connection is dropped without a close frame.
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(self.settings.send_stall_s) as bound:
+                        await self.transport.send_many(batch)
+                if bound.cancelled_caught:
+                    self.transport.abort()
+                    self._request_close(CLOSE_POLICY, "slow consumer: socket write stalled")
+                    return
         self._request_close(CLOSE_RESTART, "server restarting")
 
     # --- the outgoing queue ------------------------------------------------------------------
