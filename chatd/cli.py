@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,6 +21,7 @@ from typing import NoReturn
 
 import trio
 
+from chatd import systemd
 from chatd.config import Config, ConfigError, load_config
 from chatd.db.bridge import Database, open_bridge
 from chatd.db.migrate import MigrationError, migrate, status
@@ -29,6 +31,7 @@ from chatd.errors import ChatdError, NotFound
 from chatd.hub import Hub
 from chatd.models import format_time
 from chatd.server import Server
+from chatd.services.cluster import EXPIRY_S
 from chatd.services.auth import AuthService, hash_password_sync
 
 log = logging.getLogger("chatd")
@@ -134,10 +137,18 @@ def cmd_serve(config: Config, _args: argparse.Namespace) -> None:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     url = await nursery.start(server.run)
                     print(f"listening on {url}", flush=True)
-                    async for signum in signals:
-                        log.info("received %s: draining", signal.Signals(signum).name)
-                        server.stop()
-                        break
+                    # Under systemd (Type=notify; no-ops otherwise): listening means ready, since
+                    # Server.run applied the migrations before reporting its URL.
+                    systemd.notify(f"READY=1\nSTATUS=listening on {url}\nMAINPID={os.getpid()}")
+                    async with trio.open_nursery() as serving:
+                        if (interval := systemd.watchdog_interval()) is not None:
+                            serving.start_soon(systemd.watchdog, interval)
+                        async for signum in signals:
+                            log.info("received %s: draining", signal.Signals(signum).name)
+                            break
+                        serving.cancel_scope.cancel()  # the watchdog ends before STOPPING=1 goes out
+                    systemd.notify("STOPPING=1\nSTATUS=draining")
+                    server.stop()
 
     with database_dsn(config) as dsn:
         trio.run(main)
@@ -244,8 +255,12 @@ def cmd_stats(config: Config, _args: argparse.Namespace) -> None:
         stats = await store.stats()
         for key, value in stats.items():
             print(f"{key}\t{value}")
-        for node, connections in (await store.node_connections()).items():
-            print(f"node {node}\tdatabase connections {connections}")
+        for node in await store.nodes(EXPIRY_S):
+            state = "alive" if node["alive"] else "silent"
+            print(f"node {node['name']}\t{node['url']}\t{node['connections']} connections\t{state}"
+                  f"\theartbeat {format_time(node['heartbeat_at'])}")
+        for name, connections in (await store.node_connections()).items():
+            print(f"node {name}\tdatabase connections {connections}")
 
     run_with_db(config, body)
 

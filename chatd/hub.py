@@ -13,9 +13,9 @@ this one; duplicates are harmless).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -82,12 +82,16 @@ class Drainable(Protocol):
 
     def revoke(self) -> None: ...
 
+    def offer(self, frame: dict[str, Any]) -> None: ...
+
 
 class Hub:
     def __init__(self) -> None:
         self._signals: dict[int, InboxSignal] = {}
-        self._sessions: set[Drainable] = set()
+        self._sessions: dict[int, set[Drainable]] = {}
         self.draining = trio.Event()
+        #: Called with (channel_id, seq) for a large channel's message hint.
+        self.on_channel_message: Callable[[int, int], None] | None = None
 
     @contextmanager
     def watch(self, user_id: int) -> Iterator[InboxSignal]:
@@ -134,6 +138,12 @@ class Hub:
             if from_this_node:
                 return
             payload = payload[2:]
+        if payload.startswith("c:"):
+            # Every local write of a large channel goes through the writer, which
+            # pushes it itself: only other nodes' channel hints are news.
+            if not from_this_node:
+                self._channel_hint(payload)
+            return
         if payload == "*":
             self.wake_all()
             return
@@ -144,32 +154,60 @@ class Hub:
             log.warning("unreadable inbox hint; waking everyone")
             self.wake_all()
 
+    def _channel_hint(self, payload: str) -> None:
+        try:
+            _, channel, seq = payload.split(":")
+            channel_id, seq_no = int(channel), int(seq)
+        except ValueError:
+            log.warning("unreadable channel hint")
+            return
+        if self.on_channel_message is not None:
+            self.on_channel_message(channel_id, seq_no)
+
     # --- connections -----------------------------------------------------------------
 
     @contextmanager
     def connected(self, session: Drainable) -> Iterator[None]:
-        self._sessions.add(session)
+        self._sessions.setdefault(session.user_id, set()).add(session)
         try:
             yield
         finally:
-            self._sessions.discard(session)
+            sessions = self._sessions[session.user_id]
+            sessions.discard(session)
+            if not sessions:
+                del self._sessions[session.user_id]
+
+    def _all_sessions(self) -> list[Drainable]:
+        return [s for sessions in self._sessions.values() for s in sessions]
 
     def connection_count(self) -> int:
-        return len(self._sessions)
+        return sum(len(s) for s in self._sessions.values())
+
+    def connection_counts(self) -> dict[int, int]:
+        """Local connections per user (for the node registry)."""
+        return {user_id: len(sessions) for user_id, sessions in self._sessions.items()}
+
+    def connected_users(self) -> list[int]:
+        return list(self._sessions)
+
+    def push_live(self, user_ids: Iterable[int], frame: dict[str, Any]) -> None:
+        """A live, not persisted frame to every local connection of these users."""
+        for user_id in user_ids:
+            for session in list(self._sessions.get(user_id, ())):
+                session.offer(frame)
 
     def revoke_device(self, device_id: int) -> None:
-        for session in list(self._sessions):
+        for session in self._all_sessions():
             if session.device_id == device_id:
                 session.revoke()
 
     def revoke_user(self, user_id: int) -> None:
-        for session in list(self._sessions):
-            if session.user_id == user_id:
-                session.revoke()
+        for session in list(self._sessions.get(user_id, ())):
+            session.revoke()
 
     def drain(self, spread_ms: int) -> None:
         """Tell every connection to go elsewhere, spread over ``spread_ms``, and wake long-polls."""
         self.draining.set()
-        for session in list(self._sessions):
+        for session in self._all_sessions():
             session.drain(spread_ms)
         self.wake_all()

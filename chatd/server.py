@@ -28,6 +28,7 @@ from chatd.errors import Unavailable
 from chatd.hub import Hub
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
+from chatd.services.cluster import LiveFanout, NodeRegistry
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
@@ -53,13 +54,18 @@ class Services:
     messages: MessageService
     inbox: InboxService
     writer: SendWriter
+    registry: NodeRegistry
+    live: LiveFanout
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
         store = Store(db)
         hub = Hub()
         limiter = RateLimiter(config.limits.send_rate_per_s, config.limits.send_burst)
-        writer = SendWriter(store, hub, inbox_max_members=config.fanout.inbox_max_members)
+        live = LiveFanout(store, hub)
+        writer = SendWriter(
+            store, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
+        )
         return cls(
             store=store,
             hub=hub,
@@ -74,6 +80,8 @@ class Services:
             ),
             inbox=InboxService(store, hub),
             writer=writer,
+            registry=NodeRegistry(store, hub, config.node_name),
+            live=live,
         )
 
 
@@ -107,7 +115,9 @@ class Server:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._listen_forever, db, services.hub)
                 await nursery.start(services.writer.run)
+                await nursery.start(services.live.run)
                 url = await nursery.start(self._serve_http, app)
+                await nursery.start(services.registry.run, url)
                 log.info("node %s listening on %s", cfg.node_name, url)
                 task_status.started(url)
                 await self._stop.wait()

@@ -110,6 +110,27 @@ inbox = Table(
     CheckConstraint("kind IN ('message', 'receipt', 'member', 'channel')"),
 )
 
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("started_at", TIMESTAMPTZ, nullable=False),
+    Column("heartbeat_at", TIMESTAMPTZ, nullable=False),
+    Column("connections", Integer, nullable=False),
+)
+
+node_users = Table(
+    "node_users",
+    metadata,
+    Column("node", Text, ForeignKey("nodes.name", ondelete="CASCADE"), nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("connections", Integer, nullable=False),
+    Column("since", TIMESTAMPTZ, nullable=False),
+    PrimaryKeyConstraint("node", "user_id"),
+    Index("node_users_user_id_idx", "user_id"),
+)
+
 schema_migrations = Table(
     "schema_migrations",
     metadata,

@@ -114,6 +114,30 @@ _NODE_CONNECTIONS = """
 SELECT substr(application_name, 7) AS node, count(*) AS n FROM pg_stat_activity
 WHERE application_name LIKE 'chatd:%' AND datname = current_database() GROUP BY 1 ORDER BY 1
 """
+_REGISTER_NODE = """
+INSERT INTO nodes (name, url) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET url = $2, started_at = now(), heartbeat_at = now(), connections = 0
+"""
+_FORGET_NODE_USERS = "DELETE FROM node_users WHERE node = $1"
+_HEARTBEAT = "UPDATE nodes SET heartbeat_at = now(), connections = $2 WHERE name = $1 RETURNING name"
+_UPSERT_NODE_USERS = """
+INSERT INTO node_users (node, user_id, connections)
+SELECT $1, u, c FROM unnest($2::bigint[], $3::int[]) AS t (u, c)
+ON CONFLICT (node, user_id) DO UPDATE SET connections = excluded.connections
+"""
+_DELETE_NODE_USERS = "DELETE FROM node_users WHERE node = $1 AND user_id = ANY($2::bigint[])"
+_EXPIRE_NODES = "DELETE FROM nodes WHERE heartbeat_at < now() - make_interval(secs => $1) RETURNING name"
+_UNREGISTER_NODE = "DELETE FROM nodes WHERE name = $1"
+_NODES = """
+SELECT name, url, started_at, heartbeat_at, connections,
+       heartbeat_at >= now() - make_interval(secs => $1) AS alive
+FROM nodes ORDER BY name
+"""
+_MESSAGE = """
+SELECT channel_id, seq, sender_id, client_msg_id, text, created_at FROM messages
+WHERE channel_id = $1 AND seq = $2
+"""
+_MEMBERS_AMONG = "SELECT user_id FROM members WHERE channel_id = $1 AND user_id = ANY($2::bigint[])"
 _GROUP_BY_NAME = "SELECT id FROM channels WHERE kind = 'group' AND name = $1 ORDER BY id"
 
 # --- messages and inbox -------------------------------------------------------
@@ -664,6 +688,67 @@ class Store:
             return list(await conn.fetch(_NODE_CONNECTIONS))
 
         return {r["node"]: r["n"] for r in await self.db.read(unit)}
+
+    # --- the node registry ----------------------------------------------------------------
+
+    async def register_node(self, name: str, url: str) -> None:
+        """Announce this node (a restarted node of the same name starts afresh)."""
+
+        async def unit(conn: Connection) -> None:
+            await conn.execute(_REGISTER_NODE, name, url)
+            await conn.execute(_FORGET_NODE_USERS, name)
+
+        await self.db.transaction(unit)
+
+    async def heartbeat(
+        self, name: str, connections: int, changed: dict[int, int], expiry_s: float
+    ) -> tuple[bool, list[str]]:
+        """Record this node's heartbeat and the users whose connection count changed
+        (0: gone); expire nodes silent for ``expiry_s``. Returns (this node was still
+        registered, the names expired)."""
+        present = [(u, n) for u, n in changed.items() if n > 0]
+        gone = [u for u, n in changed.items() if n <= 0]
+
+        async def unit(conn: Connection) -> tuple[bool, list[str]]:
+            expired = [r["name"] for r in await conn.fetch(_EXPIRE_NODES, expiry_s)]
+            known = await conn.fetchval(_HEARTBEAT, name, connections) is not None
+            if known:
+                if present:
+                    await conn.execute(_UPSERT_NODE_USERS, name, [u for u, _ in present], [n for _, n in present])
+                if gone:
+                    await conn.execute(_DELETE_NODE_USERS, name, gone)
+            return known, expired
+
+        return await self.db.transaction(unit)
+
+    async def unregister_node(self, name: str) -> None:
+        async def unit(conn: Connection) -> None:
+            await conn.execute(_UNREGISTER_NODE, name)
+
+        await self.db.transaction(unit)
+
+    async def nodes(self, expiry_s: float) -> list[dict[str, Any]]:
+        async def unit(conn: Connection) -> list[Any]:
+            return list(await conn.fetch(_NODES, expiry_s))
+
+        return [dict(r) for r in await self.db.read(unit)]
+
+    # --- large channels ----------------------------------------------------------------------
+
+    async def message(self, channel_id: int, seq: int) -> Message | None:
+        async def unit(conn: Connection) -> Any:
+            return await conn.fetchrow(_MESSAGE, channel_id, seq)
+
+        record = await self.db.read(unit)
+        return None if record is None else _message(record)
+
+    async def members_among(self, channel_id: int, user_ids: Sequence[int]) -> list[int]:
+        """Which of these users are members of the channel (one query, for live fan-out)."""
+
+        async def unit(conn: Connection) -> list[Any]:
+            return list(await conn.fetch(_MEMBERS_AMONG, channel_id, list(user_ids)))
+
+        return [r["user_id"] for r in await self.db.read(unit)]
 
     async def verify(self) -> list[str]:
         """Every broken invariant, one line each; empty when all hold."""

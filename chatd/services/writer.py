@@ -25,7 +25,7 @@ with the same client_msg_id (the retry answers the original ack).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -52,9 +52,18 @@ class _Pending:
 
 
 class SendWriter:
-    def __init__(self, store: Store, hub: Hub, *, inbox_max_members: int, writers: int = 2) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        *,
+        inbox_max_members: int,
+        on_large_message: Callable[[Message], None] | None = None,
+        writers: int = 2,
+    ) -> None:
         self.store = store
         self.hub = hub
+        self.on_large_message = on_large_message
         self.inbox_max_members = inbox_max_members
         self.writers = writers
         self._in, self._out = trio.open_memory_channel[_Pending](QUEUE)
@@ -110,8 +119,8 @@ class SendWriter:
             pending.done.set()
 
     def _publish(self, request: SendRequest, outcome: SendOutcome) -> None:
-        if not outcome.advances:
-            return  # a duplicate: nothing new
+        if outcome.ack.duplicate:
+            return  # nothing new
         message = Message(
             channel_id=outcome.ack.channel_id,
             seq=outcome.ack.seq,
@@ -120,6 +129,11 @@ class SendWriter:
             text=request.text,
             created_at=outcome.ack.created_at,
         )
+        if not outcome.advances:
+            # A large channel: no inbox rows; its online members get a live frame.
+            if self.on_large_message is not None:
+                self.on_large_message(message)
+            return
         # One body shared by every recipient's event: rendered once, encoded once per format.
         body = EventBody(message.to_json())
         self.hub.publish((adv.user_id, InboxEvent(adv.head, "message", body.fields, body)) for adv in outcome.advances)

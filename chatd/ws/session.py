@@ -175,7 +175,7 @@ class Session:
         if self._draining:
             return
         self._draining = True
-        self._offer({"type": "reconnect", "after_ms": random.randint(0, max(0, after_ms))})
+        self.offer({"type": "reconnect", "after_ms": random.randint(0, max(0, after_ms))})
         self._sends_in.close()  # the sender finishes what is queued, then closes the queue
 
     # --- tasks -----------------------------------------------------------------------------
@@ -324,8 +324,9 @@ class Session:
         log.info("%s slow consumer: outgoing queue full", self._log_tag)
         self._request_close(CLOSE_POLICY, "slow consumer: outgoing queue full")
 
-    def _offer(self, frame: dict[str, Any]) -> None:
-        """Queue a frame without waiting (for callers outside this connection)."""
+    def offer(self, frame: dict[str, Any]) -> None:
+        """Queue a frame without waiting (for callers outside this connection): a full
+        queue means a slow consumer, closed with 1008; it never makes the caller wait."""
         try:
             self._out_send.send_nowait(encode(frame, self.fmt))
         except trio.WouldBlock:

@@ -1,0 +1,121 @@
+"""What a node does for the cluster: its registry heartbeat, and live fan-out of large channels.
+
+Nodes share PostgreSQL and nothing else. Each node keeps its row in
+``nodes`` fresh (a heartbeat every ``HEARTBEAT_S``) with the users connected to
+it in ``node_users`` (only what changed since the last beat is written); any
+node deletes nodes silent for ``EXPIRY_S``, and their users with them.
+
+Large channels (more members than ``fanout.inbox_max_members``) have no inbox
+rows: each node pushes a live ``{"type": "message", ...}`` frame to its own
+connected members, for its own writes straight from the writer, for other
+nodes' writes when their ``c:<channel>:<seq>`` hint arrives. Members who are
+offline read the channel's history; a frame dropped here (queue full) is
+likewise only latency, as history has the message.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from chatd.db.store import Store
+from chatd.errors import Unavailable
+from chatd.hub import Hub
+from chatd.models import Message
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0
+#: A node whose heartbeat is older than this is gone.
+EXPIRY_S = 30.0
+#: Large-channel messages waiting to be pushed live; past it they are dropped (history has them).
+LIVE_QUEUE = 1024
+
+
+class NodeRegistry:
+    def __init__(self, store: Store, hub: Hub, name: str, *, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.store = store
+        self.hub = hub
+        self.name = name
+        self.heartbeat_s = heartbeat_s
+        self._flushed: dict[int, int] = {}
+
+    async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Register, then beat until cancelled; on the way out, unregister (bounded)."""
+        await self.store.register_node(self.name, url)
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(self.heartbeat_s)
+                try:
+                    await self.beat(url)
+                except Unavailable as exc:
+                    log.warning("heartbeat failed: %s", exc)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await self.store.unregister_node(self.name)
+                except Unavailable:
+                    pass
+
+    async def beat(self, url: str) -> None:
+        counts = self.hub.connection_counts()
+        changed = {u: n for u, n in counts.items() if self._flushed.get(u) != n}
+        changed.update({u: 0 for u in self._flushed if u not in counts})
+        known, expired = await self.store.heartbeat(self.name, sum(counts.values()), changed, EXPIRY_S)
+        if not known:
+            # Expired by the others (we were silent too long): announce ourselves afresh.
+            log.warning("node %s had expired; registering again", self.name)
+            await self.store.register_node(self.name, url)
+            self._flushed = {}
+            await self.beat(url)
+            return
+        self._flushed = counts
+        if expired:
+            log.info("expired silent nodes: %s", ", ".join(expired))
+
+
+class LiveFanout:
+    """Pushes large channels' messages to this node's connected members."""
+
+    def __init__(self, store: Store, hub: Hub) -> None:
+        self.store = store
+        self.hub = hub
+        self._in, self._out = trio.open_memory_channel[tuple[int, int, Message | None]](LIVE_QUEUE)
+        hub.on_channel_message = self.hinted
+
+    def committed(self, message: Message) -> None:
+        """A large channel's message this node just committed."""
+        self._enqueue(message.channel_id, message.seq, message)
+
+    def hinted(self, channel_id: int, seq: int) -> None:
+        """Another node committed a large channel's message."""
+        self._enqueue(channel_id, seq, None)
+
+    def _enqueue(self, channel_id: int, seq: int, message: Message | None) -> None:
+        try:
+            self._in.send_nowait((channel_id, seq, message))
+        except trio.WouldBlock:
+            log.warning("live fan-out queue full; channel %d seq %d left to history", channel_id, seq)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for channel_id, seq, message in self._out:
+            try:
+                await self._push(channel_id, seq, message)
+            except Unavailable as exc:
+                log.warning("live fan-out of channel %d skipped: %s", channel_id, exc)
+
+    async def _push(self, channel_id: int, seq: int, message: Message | None) -> None:
+        online = self.hub.connected_users()
+        if not online:
+            return
+        members = await self.store.members_among(channel_id, online)
+        if not members:
+            return
+        if message is None:
+            message = await self.store.message(channel_id, seq)
+            if message is None:
+                return
+        self.hub.push_live(members, {"type": "message", **message.to_json()})
