@@ -291,9 +291,15 @@ def _runner() -> _Runner:
     return runner
 
 
+#: systemd's variables are for chatd: a PostgreSQL built with systemd support would
+#: otherwise send its own READY=1 to chatd's unit.
+_NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
 def _child_env() -> dict[str, str]:
-    """Our environment minus PG* variables (PGHOST etc. must not redirect our commands), C messages."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    """Our environment minus PG* variables (PGHOST etc. must not redirect our commands)
+    and systemd's, with C messages."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k not in _NOT_FOR_CHILDREN}
     env["LC_ALL"] = "C"
     return env
 

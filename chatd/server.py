@@ -229,7 +229,9 @@ class Server:
 
         while True:
             try:
-                await db.listen(INBOX_CHANNEL, notified, ready)
+                await db.listen(
+                    INBOX_CHANNEL, notified, ready, application_name=f"chatd-listen:{self.config.node_name}"
+                )
             except Unavailable as exc:
                 log.warning("LISTEN connection lost (%s); retrying in %.1fs", exc, backoff)
             if not started:

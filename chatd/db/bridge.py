@@ -212,7 +212,12 @@ class Database:
             await trio_asyncio.aio_as_trio(_close)(self._pool)
 
     async def listen(
-        self, channel: str, on_payload: Callable[[int, str], None], on_ready: Callable[[], None]
+        self,
+        channel: str,
+        on_payload: Callable[[int, str], None],
+        on_ready: Callable[[], None],
+        *,
+        application_name: str = "chatd-listen",
     ) -> None:
         """Hold one dedicated LISTEN connection until cancelled, calling ``on_payload`` per notification.
 
@@ -232,7 +237,9 @@ class Database:
             lost.set()
 
         try:
-            conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(self.dsn, timeout=CONNECT_TIMEOUT_S)
+            conn = await trio_asyncio.aio_as_trio(asyncpg.connect)(
+                self.dsn, timeout=CONNECT_TIMEOUT_S, server_settings={"application_name": application_name[:63]}
+            )
         except _UNAVAILABLE as exc:
             raise Unavailable(f"listen connection failed: {_describe(exc)}") from exc
         try:
