@@ -131,6 +131,14 @@ BEGIN
     END IF;
 END $$;
 
+-- Messages of large channels (more members than fanout.inbox_max_members)
+-- skip the inboxes; every node learns of them by this hint and pushes a live
+-- frame to its connected members: "c:<channel_id>:<seq>".
+CREATE FUNCTION chatd_notify_channel(p_channel bigint, p_seq bigint, p_prefix text DEFAULT '')
+RETURNS void LANGUAGE sql AS $$
+    SELECT pg_notify('chatd_inbox', p_prefix || 'c:' || p_channel || ':' || p_seq)
+$$;
+
 -- One send, one round trip: idempotency check, membership, seq, message row,
 -- inbox fan-out. status is 'sent', 'duplicate' or 'not_member'.
 CREATE FUNCTION chatd_send(
@@ -175,8 +183,12 @@ BEGIN
         SELECT a.user_ids, a.inbox_seqs INTO user_ids, inbox_seqs
         FROM chatd_append_inbox(chatd_recipients(p_channel), 'message', p_channel, seq, NULL, p_notify) a;
     ELSE
+        -- A large channel: written once, not to inboxes; nodes push it live.
         user_ids := '{}';
         inbox_seqs := '{}';
+        IF p_notify THEN
+            PERFORM chatd_notify_channel(p_channel, seq);
+        END IF;
     END IF;
 END $$;
 
@@ -197,8 +209,10 @@ DECLARE
     v_heads bigint[] := '{}';
 BEGIN
     PERFORM 1 FROM channels c WHERE c.id = ANY (p_channels) ORDER BY c.id FOR UPDATE;
+    -- (Large channels write no inbox rows: their members' counters are not touched.)
     PERFORM 1 FROM users u
-    WHERE u.id IN (SELECT mb.user_id FROM members mb WHERE mb.channel_id = ANY (p_channels))
+    WHERE u.id IN (SELECT mb.user_id FROM members mb JOIN channels c ON c.id = mb.channel_id
+                   WHERE c.id = ANY (p_channels) AND c.member_count <= p_inbox_max)
     ORDER BY u.id FOR UPDATE;
     FOR i IN 1 .. coalesce(array_length(p_senders, 1), 0) LOOP
         SELECT * INTO v_sent
@@ -209,7 +223,9 @@ BEGIN
         created_at := v_sent.created_at;
         user_ids := v_sent.user_ids;
         inbox_seqs := v_sent.inbox_seqs;
-        IF user_ids IS NOT NULL THEN
+        IF status = 'sent' AND cardinality(user_ids) = 0 THEN
+            PERFORM chatd_notify_channel(channel_id, seq, 'w:');
+        ELSIF user_ids IS NOT NULL THEN
             v_users := v_users || user_ids;
             v_heads := v_heads || inbox_seqs;
         END IF;

@@ -16,7 +16,7 @@ import attrs
 import httpx
 import msgpack
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from chatd.config import Config, config_from_mapping
 from chatd.db.bridge import Database, open_bridge
@@ -170,6 +170,15 @@ class WsClient:
                 frame = await self.recv(timeout)
                 if frame["type"] == kind:
                     return frame
+
+    async def closed_code(self, timeout: float = 10) -> int:
+        """Read (and drop) frames until the server closes the connection: its close code."""
+        try:
+            with trio.fail_after(timeout):
+                while True:
+                    await self.ws.get_message()
+        except ConnectionClosed as closed:
+            return int(closed.reason.code)
 
     async def sync(self, after: int = 0, timeout: float = 10) -> tuple[list[dict[str, Any]], int]:
         """Send sync; collect events until synced: (events, cursor)."""
