@@ -104,9 +104,29 @@ class WsprotoTransport:
         self._aborted = True
 
     async def close(self, code: int, reason: str) -> None:
+        """Send the close frame, then read until the peer's answer (or EOF).
+
+        Closing the socket with unread data in it makes the kernel send a reset,
+        which can destroy our close frame in the peer's buffers (it would see
+        1006); reading until the peer closes too avoids that. The caller bounds
+        the wait.
+        """
         if self._aborted or self._ws.state is not ConnectionState.OPEN:
             return
         await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason)))
+        while self._state() is not ConnectionState.CLOSED:
+            try:
+                data = await self._stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            self._ws.receive_data(bytes(data))
+            for _event in self._ws.events():
+                pass  # frames after our close are dropped; the peer's close ends the loop
+
+    def _state(self) -> ConnectionState:
+        return self._ws.state
 
     async def _send_bytes(self, data: bytes) -> None:
         try:
