@@ -140,6 +140,10 @@ class Session:
                 )
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    if self._close_code is not None:  # revoked while we said welcome
+                        nursery.cancel_scope.cancel()
+                    if self.hub.draining.is_set():  # accepted just as the node began to drain
+                        self.drain(int(self.settings.heartbeat_s * 1000))
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._sender)
                     nursery.start_soon(self._writer)
