@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -49,7 +49,7 @@ class WsprotoTransport:
     same send lock. The stream itself is closed by the listener.
     """
 
-    def __init__(self, stream: trio.abc.Stream, ws: WSConnection, max_message_bytes: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, ws: Connection, max_message_bytes: int) -> None:
         self._stream = stream
         self._ws = ws
         self._max = max_message_bytes
@@ -176,7 +176,11 @@ class WsprotoEndpoint:
             await _refuse(stream, ws, exc)
             return
         await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
-        transport = WsprotoTransport(stream, ws, self._max)
+        # Keep only the frame-level connection: the handshake's h11 state is
+        # several KiB per connection that an idle connection should not carry.
+        assert ws.connection is not None
+        transport = WsprotoTransport(stream, ws.connection, self._max)
+        del ws
         await self._make_session(transport, fmt, principal).run()
 
 

@@ -110,7 +110,9 @@ class Session:
         self.messages = messages
         self.settings = settings
         self._out_send, self._out_recv = trio.open_memory_channel[str | bytes](settings.outgoing_queue)
-        self._sends_in, self._sends_out = trio.open_memory_channel[SendFrame](SEND_QUEUE)
+        # The send queue and its task exist once the client first sends: most
+        # connections of a big install sit idle, and each costs memory.
+        self._sends_in: trio.MemorySendChannel[SendFrame] | None = None
         self._nursery: trio.Nursery | None = None
         self._pump_scope: trio.CancelScope | None = None
         self._close_code: int | None = None
@@ -145,7 +147,6 @@ class Session:
                     if self.hub.draining.is_set():  # accepted just as the node began to drain
                         self.drain(int(self.settings.heartbeat_s * 1000))
                     nursery.start_soon(self._reader)
-                    nursery.start_soon(self._sender)
                     nursery.start_soon(self._writer)
             except* TransportClosed:
                 pass
@@ -180,7 +181,10 @@ class Session:
             return
         self._draining = True
         self.offer({"type": "reconnect", "after_ms": random.randint(0, max(0, after_ms))})
-        self._sends_in.close()  # the sender finishes what is queued, then closes the queue
+        if self._sends_in is not None:
+            self._sends_in.close()  # the sender answers what is queued, then closes the outgoing queue
+        else:
+            self._out_send.close()  # the writer flushes the reconnect frame, then closes
 
     # --- tasks -----------------------------------------------------------------------------
 
@@ -203,6 +207,10 @@ class Session:
             if self._draining:
                 await self._queue(error_frame("unavailable", "server is shutting down; reconnect and retry", frame.ref))
                 return
+            if self._sends_in is None:
+                assert self._nursery is not None
+                self._sends_in, sends_out = trio.open_memory_channel[SendFrame](SEND_QUEUE)
+                self._nursery.start_soon(self._sender, sends_out)
             try:
                 await self._sends_in.send(frame)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -219,9 +227,9 @@ class Session:
         # receipt, typing and presence_subscribe are accepted and not acted on yet:
         # their services arrive with the receipts and presence work.
 
-    async def _sender(self) -> None:
-        async with self._sends_out:
-            async for frame in self._sends_out:
+    async def _sender(self, sends: trio.MemoryReceiveChannel[SendFrame]) -> None:
+        async with sends:
+            async for frame in sends:
                 await self._queue(await self._send_one(frame))
         # Only a drain closes the send queue: everything queued is answered; flush and close.
         self._out_send.close()
