@@ -93,19 +93,32 @@ class Hub:
         #: Called with (channel_id, seq) for a large channel's message hint.
         self.on_channel_message: Callable[[int, int], None] | None = None
 
-    @contextmanager
-    def watch(self, user_id: int) -> Iterator[InboxSignal]:
-        """The user's signal, kept while anyone on this node watches it."""
+    def subscribe(self, user_id: int) -> InboxSignal:
+        """The user's signal, kept while anyone on this node holds a subscription.
+
+        Paired with :meth:`unsubscribe` in a ``finally`` (plain calls rather than a
+        context manager: a suspended generator per connection costs ~1 KiB).
+        """
         signal = self._signals.get(user_id)
         if signal is None:
             signal = self._signals[user_id] = InboxSignal()
         signal.users += 1
+        return signal
+
+    def unsubscribe(self, user_id: int) -> None:
+        signal = self._signals[user_id]
+        signal.users -= 1
+        if signal.users == 0:
+            del self._signals[user_id]
+
+    @contextmanager
+    def watch(self, user_id: int) -> Iterator[InboxSignal]:
+        """:meth:`subscribe` as a context manager, for short-lived watchers (long-polls)."""
+        signal = self.subscribe(user_id)
         try:
             yield signal
         finally:
-            signal.users -= 1
-            if signal.users == 0:
-                del self._signals[user_id]
+            self.unsubscribe(user_id)
 
     def advance(self, advances: Iterable[InboxAdvance]) -> None:
         for adv in advances:
@@ -166,13 +179,13 @@ class Hub:
 
     # --- connections -----------------------------------------------------------------
 
-    @contextmanager
-    def connected(self, session: Drainable) -> Iterator[None]:
+    def add_session(self, session: Drainable) -> None:
+        """Register a local connection; paired with :meth:`remove_session` in a ``finally``."""
         self._sessions.setdefault(session.user_id, set()).add(session)
-        try:
-            yield
-        finally:
-            sessions = self._sessions[session.user_id]
+
+    def remove_session(self, session: Drainable) -> None:
+        sessions = self._sessions.get(session.user_id)
+        if sessions is not None:
             sessions.discard(session)
             if not sessions:
                 del self._sessions[session.user_id]

@@ -35,11 +35,16 @@ class User:
 
 @attrs.frozen
 class Principal:
-    """Who is calling: the user and the device (token) it authenticated as."""
+    """Who is calling: the user and the device (token) it authenticated as.
+
+    ``inbox_head`` is the user's newest inbox_seq when the token was checked,
+    read by the same query, so a WebSocket's ``welcome`` costs no second one.
+    """
 
     user_id: int
     device_id: int
     is_admin: bool
+    inbox_head: int = 0
 
 
 @attrs.frozen

@@ -58,7 +58,7 @@ _REVOKE_USER_DEVICES = "UPDATE devices SET revoked_at = now() WHERE user_id = $1
 _SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE lower(username) = lower($1) RETURNING id"
 _INSERT_DEVICE = "INSERT INTO devices (user_id, name, token_hash) VALUES ($1, $2, $3) RETURNING id"
 _AUTHENTICATE = """
-SELECT d.id AS device_id, u.id AS user_id, u.is_admin
+SELECT d.id AS device_id, u.id AS user_id, u.is_admin, u.inbox_head
 FROM devices d JOIN users u ON u.id = d.user_id
 WHERE d.token_hash = $1 AND d.revoked_at IS NULL AND NOT u.disabled
 """
@@ -397,7 +397,7 @@ class Store:
         record = await self.db.read(unit)
         if record is None:
             return None
-        return Principal(record["user_id"], record["device_id"], record["is_admin"])
+        return Principal(record["user_id"], record["device_id"], record["is_admin"], record["inbox_head"])
 
     async def revoke_device(self, device_id: int) -> None:
         async def unit(conn: Connection) -> None:

@@ -49,6 +49,8 @@ class WsprotoTransport:
     same send lock. The stream itself is closed by the listener.
     """
 
+    __slots__ = ("_stream", "_ws", "_max", "_send_lock", "_parts", "_size", "_events", "_aborted")
+
     def __init__(self, stream: trio.abc.Stream, ws: Connection, max_message_bytes: int) -> None:
         self._stream = stream
         self._ws = ws

@@ -35,7 +35,7 @@ import attrs
 import trio
 
 from chatd.errors import ChatdError, RateLimited, Unavailable
-from chatd.hub import Hub
+from chatd.hub import Hub, InboxSignal
 from chatd.models import InboxEvent, Principal
 from chatd.services.inbox import PAGE, InboxService
 from chatd.services.messaging import MessageService
@@ -89,6 +89,12 @@ class SessionSettings:
 
 
 class Session:
+    __slots__ = (
+        "transport", "fmt", "principal", "user_id", "device_id", "hub", "inbox", "messages", "settings",
+        "_out_send", "_out_recv", "_sends_in", "_nursery", "_pump_scope", "_close_code", "_close_reason",
+        "_draining", "_log_tag",
+    )
+
     def __init__(
         self,
         transport: Transport,
@@ -124,9 +130,9 @@ class Session:
 
     async def run(self) -> None:
         """Serve the connection until it closes; never raises for the peer's faults."""
-        with self.hub.connected(self):
+        self.hub.add_session(self)
+        try:
             try:
-                head = await self.inbox.head(self.user_id)
                 await self.transport.send(
                     encode(
                         {
@@ -135,7 +141,7 @@ class Session:
                             "device_id": self.device_id,
                             "node": self.settings.node,
                             "heartbeat_s": self.settings.heartbeat_s,
-                            "inbox_head": head,
+                            "inbox_head": self.principal.inbox_head,
                         },
                         self.fmt,
                     )
@@ -163,6 +169,8 @@ class Session:
                     except TransportClosed:
                         pass
                 log.debug("%s closed code=%s %s", self._log_tag, code, self._close_reason)
+        finally:
+            self.hub.remove_session(self)
 
     def _request_close(self, code: int, reason: str) -> None:
         """Close with ``code`` (the first one asked for wins) and end every task."""
@@ -260,24 +268,32 @@ class Session:
         self._nursery.start_soon(self._pump, after, scope)
 
     async def _pump(self, cursor: int, scope: trio.CancelScope) -> None:
-        with scope, self.hub.watch(self.user_id) as signal:
-            caught_up = False
-            while True:
-                wake = signal.event
-                events = signal.events_after(cursor) if caught_up else None
-                if events is None:
-                    events = await self.inbox.read(self.user_id, cursor, PAGE)
-                for event in events:
-                    await self._queue_event(event)
-                    cursor = event.inbox_seq
-                if len(events) == PAGE:
-                    continue
-                if not caught_up:
-                    caught_up = True
-                    await self._queue({"type": "synced", "cursor": cursor})
-                if signal.head > cursor:
-                    continue
-                await wake.wait()
+        with scope:
+            signal = self.hub.subscribe(self.user_id)
+            try:
+                await self._deliver(signal, cursor)
+            finally:
+                self.hub.unsubscribe(self.user_id)
+
+    async def _deliver(self, signal: InboxSignal, cursor: int) -> None:
+        """Catch up from ``cursor``, say ``synced``, then follow the inbox live."""
+        caught_up = False
+        while True:
+            wake = signal.event
+            events = signal.events_after(cursor) if caught_up else None
+            if events is None:
+                events = await self.inbox.read(self.user_id, cursor, PAGE)
+            for event in events:
+                await self._queue_event(event)
+                cursor = event.inbox_seq
+            if len(events) == PAGE:
+                continue
+            if not caught_up:
+                caught_up = True
+                await self._queue({"type": "synced", "cursor": cursor})
+            if signal.head > cursor:
+                continue
+            await wake.wait()
 
     async def _queue_event(self, event: InboxEvent) -> None:
         body = event.body
