@@ -1,0 +1,183 @@
+"""1:1 steady: U users in DM pairs, an offered rate R msg/s in total, open loop.
+
+Each user sends into its pair's DM at R/U msg/s on a fixed schedule (a random
+phase per user, then every U/R seconds) whether or not earlier sends were
+acknowledged: latency is measured from the time the send was *due*, so it
+includes any queueing, on the server or in a client that fell behind
+(coordinated omission avoided). Both members of a pair live in the same
+worker process; every user is synced, so it receives its partner's messages
+and its own (PROTOCOL §4: the sender is a recipient too).
+
+Figures: send->ack and send->deliver (to the partner) p50/p95/p99/p99.9,
+achieved (acknowledged) and delivered rates in the window, server CPU and
+RSS. Correctness: every user saw every acknowledged message of its DM exactly
+once, in seq and inbox_seq order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from typing import Any
+
+import trio
+
+from benchmarks.clients import Client, message_text, sent_at
+from benchmarks.fixtures import open_dms
+from benchmarks.harness import Outcome, RunContext
+from benchmarks.report import fmt, ms
+from benchmarks.stats import Histogram
+from benchmarks.workers import Link
+from benchmarks.workloads.common import (
+    AckBook,
+    close_all,
+    connect_all,
+    expected_sets,
+    merge_acked,
+    sleep_until,
+    sum_correctness,
+    verdicts,
+    wait_delivered,
+)
+
+HELP = "1:1 pairs at an offered rate (open loop): latency percentiles, CPU, RSS"
+PERCENTILES = ("p50", "p95", "p99", "p99.9")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--users", type=int, default=200, help="users, in DM pairs (default 200)")
+    p.add_argument("--rate", type=float, default=500.0, help="offered msg/s in total (default 500)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the measured window (default 20)")
+    p.add_argument("--workers", type=int, default=2, help="client worker processes (default 2)")
+    p.add_argument("--text-chars", type=int, default=60, help="message text length (default 60)")
+
+
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    return {}
+
+
+
+async def orchestrate(ctx: RunContext) -> Outcome:
+    args = ctx.args
+    users = await ctx.seed_users(args.users - args.users % 2)
+    pairs = [(users[i], users[i + 1]) for i in range(0, len(users), 2)]
+    channels = await open_dms(ctx.server.url, pairs)
+    workers = max(1, min(args.workers, len(pairs)))
+    jobs: list[dict[str, Any]] = [{"pairs": [], "rate_per_user": args.rate / len(users), "text_chars": args.text_chars}
+                                  for _ in range(workers)]
+    for i, ((a, b), channel) in enumerate(zip(pairs, channels)):
+        jobs[i % workers]["pairs"].append([a, b, channel])
+    async with ctx.pool(jobs) as pool:
+        await pool.gather(120, "ready")
+        start = time.monotonic() + 0.5
+        stop = start + args.seconds
+        await pool.broadcast({"cmd": "go", "start": start, "stop": stop})
+        await sleep_until(start)
+        profiler = ctx.profiler()
+        if profiler:
+            profiler.start()
+        async with ctx.window(pool) as window:
+            await sleep_until(stop)
+        profile = profiler.stop() if profiler else None
+        sent = await pool.gather(args.seconds + 60, "sent")
+        await pool.broadcast({"cmd": "expect", "acked": merge_acked(r["acked"] for r in sent), "timeout": 30})
+        done = await pool.gather(60, "delivered")
+    ack = Histogram.merged(r["ack"] for r in sent).summary_ms()
+    deliver = Histogram.merged(r["deliver"] for r in done).summary_ms()
+    lag = Histogram.merged(r["lag"] for r in sent).summary_ms()
+    acked_in_window = sum(r["acked_in_window"] for r in sent)
+    delivered_in_window = sum(r["delivered_in_window"] for r in done)
+    server = window.figures()
+    achieved = acked_in_window / window.seconds
+    figures = {
+        "offered_msg_per_s": args.rate,
+        "achieved_msg_per_s": round(achieved, 1),
+        "delivered_msg_per_s": round(delivered_in_window / window.seconds, 1),
+        "sends": sum(r["sends"] for r in sent),
+        "acked": sum(r["acked_total"] for r in sent),
+        "send_ack_ms": ack,
+        "send_deliver_ms": deliver,
+        "send_lag_ms": lag,
+        "server_cpu_ms_per_msg": round(window.server_cpu_s / max(1, acked_in_window) * 1000, 3),
+    }
+    if profile is not None:
+        figures["profile"] = profile
+    correctness = sum_correctness(r["correctness"] for r in done)
+    rows = [
+        ("users / pairs / workers", f"{len(users)} / {len(pairs)} / {workers}"),
+        ("offered / achieved (acked) / delivered", f"{fmt(args.rate)} / {fmt(achieved)} / "
+                                                   f"{fmt(figures['delivered_msg_per_s'])} msg/s"),
+        ("send->ack p50 / p95 / p99 / p99.9", ms(ack, *PERCENTILES)),
+        ("send->deliver p50 / p95 / p99 / p99.9", ms(deliver, *PERCENTILES)),
+        ("client send lag p99 (due -> written)", ms(lag, "p99")),
+        ("server CPU per message", f"{fmt(figures['server_cpu_ms_per_msg'])} ms"),
+    ]
+    params = {"users": len(users), "rate": args.rate, "seconds": args.seconds, "workers": workers,
+              "text_chars": args.text_chars}
+    return Outcome(params, figures, correctness, rows, server)
+
+
+# --- the worker's half ------------------------------------------------------------------------
+
+
+async def worker(job: dict[str, Any], link: Link) -> None:
+    book = AckBook()
+    deliver = Histogram()
+    lag = Histogram()
+    counters = {"delivered_in_window": 0, "sends": 0}
+    window = [0.0, float("inf")]
+
+    def on_message(client: Client, frame: dict[str, Any], now: float) -> None:
+        if frame["sender_id"] == client.user_id:
+            return  # our own echo: checked by the ledger, not a delivery to the partner
+        deliver.add(now - sent_at(frame["text"]))
+        if window[0] <= now <= window[1]:
+            counters["delivered_in_window"] += 1
+
+    members: list[tuple[Client, list[int]]] = []
+    for a, b, channel in job["pairs"]:
+        for creds in (a, b):
+            client = Client(job["ws_url"], creds["user_id"], creds["token"], on_ack=book.on_ack, on_message=on_message)
+            members.append((client, [channel]))
+    clients = [c for c, _ in members]
+    filler = "x" * job["text_chars"]
+    period = 1.0 / job["rate_per_user"]
+
+    async def sender(client: Client, channel: int, index: int, start: float, stop: float) -> None:
+        due = start + random.uniform(0, period)
+        n = 0
+        while due < stop:
+            await sleep_until(due)
+            lag.add(time.monotonic() - due)
+            await client.send(channel, f"{job['tag']}-{job['index']}-{index}-{n}", message_text(due, filler), due)
+            counters["sends"] += 1
+            n += 1
+            due += period
+
+    async with trio.open_nursery() as nursery:
+        await connect_all(clients, nursery)
+        for client in clients:
+            nursery.start_soon(client.ping_forever, client.welcome["heartbeat_s"],
+                               random.uniform(0, client.welcome["heartbeat_s"]))
+        await link.report("ready")
+        go = await link.receive("go")
+        window[:] = [go["start"], go["stop"]]
+        book.window = (go["start"], go["stop"])
+        async with trio.open_nursery() as senders:
+            for index, (client, chans) in enumerate(members):
+                senders.start_soon(sender, client, chans[0], index, go["start"], go["stop"])
+        with trio.move_on_after(30):
+            while any(c.pending and c.dropped is None for c in clients):
+                await trio.sleep(0.05)
+        await link.report("sent", acked=book.acked_json(), ack=book.latency.to_json(), lag=lag.to_json(),
+                          acked_in_window=book.in_window, acked_total=book.total, sends=counters["sends"])
+        expect = await link.receive("expect")
+        expected = expected_sets(expect["acked"])
+        caught_up = await wait_delivered(members, expected, expect["timeout"])
+        correctness = verdicts(members, expected)
+        correctness["not_caught_up"] = 0 if caught_up else 1
+        await link.report("delivered", deliver=deliver.to_json(), correctness=correctness,
+                          delivered_in_window=counters["delivered_in_window"])
+        await close_all(clients)
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,74 @@
+"""Smoke runs of every benchmark workload at a tiny size (benchmarks/README.md).
+
+Each runs ``benchmarks/run.py`` as the user would, against a fresh database
+of the test suite's PostgreSQL, and checks what a benchmark must never get
+wrong: the correctness line (0 lost, 0 duplicated, 0 out of order), a zero
+exit status, ``chatd verify`` passing, and a JSON file holding the figures.
+Timings are never asserted: they depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Databases
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT_S = 60
+
+#: Tiny sizes: a few users for a second or two each.
+SMOKE_FLAGS: dict[str, list[str]] = {
+    "steady": ["--users", "4", "--rate", "20", "--seconds", "1.5"],
+    "saturation": ["--pairs", "4", "--start", "1", "--step-seconds", "0.6"],
+    "fanout": ["--members", "6", "--senders", "2", "--seconds", "1.5"],
+    "idle": ["--connections", "20", "--heartbeat", "1", "--idle-seconds", "1.5", "--settle-seconds", "0.3"],
+    "storm": ["--clients", "20", "--behind", "3", "--group-size", "5", "--jitter", "0.2"],
+}
+
+#: Figures each workload's JSON must carry (beside the ceiling and the server's).
+FIGURES: dict[str, list[str]] = {
+    "steady": ["achieved_msg_per_s", "delivered_msg_per_s", "send_ack_ms", "send_deliver_ms"],
+    "saturation": ["peak_acked_msg_per_s", "peak_delivered_msg_per_s", "peak_send_ack_ms", "steps"],
+    "fanout": ["deliveries_per_s", "send_deliver_ms", "reach_everyone_ms"],
+    "idle": ["connections", "rss_per_connection_kib", "idle_server_cpu_pct"],
+    "storm": ["all_caught_up_s", "catch_up_ms", "events_delivered"],
+}
+CEILING = ["single_insert_tx_per_s_1conn", "single_insert_tx_per_s_8conn",
+           "batched_insert_rows_per_s_1conn", "batched_insert_rows_per_s_8conn"]
+
+
+def run_workload(name: str, dsn: str, results: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), name, *SMOKE_FLAGS[name], "--workers", "2",
+         "--database-url", dsn, "--results-dir", str(results), "--ceiling-seconds", "0.2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    files = sorted(results.glob(f"*-{name}.json"))
+    assert len(files) == 1, f"expected one JSON file, found {files}\n{done.stdout}\n{done.stderr[-3000:]}"
+    return done, json.loads(files[0].read_text())
+
+
+@pytest.mark.parametrize("name", list(SMOKE_FLAGS))
+def test_workload_smoke(name: str, databases: Databases, tmp_path: Path) -> None:
+    done, report = run_workload(name, databases.fresh(), tmp_path)
+    output = done.stdout + done.stderr[-3000:]
+    assert "correctness: 0 lost, 0 duplicated, 0 out of order" in done.stdout, output
+    assert done.returncode == 0, output
+    assert report["passed"] is True and report["failures"] == [], report.get("failures")
+    assert report["verify"] == "ok"
+    assert report["correctness"]["lost"] == report["correctness"]["duplicated"] == 0
+    assert report["correctness"]["out_of_order"] == 0
+    for key in FIGURES[name]:
+        assert report["figures"].get(key) is not None, f"{name}: no figure {key!r}"
+    for key in CEILING:
+        assert report["ceiling"][key] > 0, f"no ceiling figure {key!r}"
+    assert report["server"]["server_rss_mib"] > 0
