@@ -108,7 +108,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
     if profile is not None:
         figures["profile"] = profile
     rows = [
-        ("connections / workers / heartbeat", f"{n:,} / {workers} / {args.heartbeat} s"),
+        ("connections open / tried / workers / heartbeat", f"{n:,} / {connections:,} / {workers} / {args.heartbeat} s"),
         ("opened in / rate", f"{fmt(connect_s)} s / {fmt(figures['connects_per_s'])} connections/s"),
         ("server RSS with 0 / with C", f"{fmt(figures['server_rss_0_mib'])} / {fmt(figures['server_rss_c_mib'])} MiB"),
         ("server RSS per connection", f"{fmt(figures['rss_per_connection_kib'])} KiB"),
@@ -116,7 +116,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
                                                    f"({fmt(figures['idle_server_cpu_ms_per_ping'])} ms per ping)"),
         ("server CPU idle with 0", f"{fmt(figures['empty_server_cpu_pct'])} %"),
     ]
-    params = {"connections": n, "connections_asked": args.connections, "heartbeat": args.heartbeat,
+    params = {"connections": connections, "connections_asked": args.connections, "heartbeat": args.heartbeat,
               "idle_seconds": args.idle_seconds,
               "settle_seconds": args.settle_seconds, "workers": workers,
               "connect_concurrency": args.connect_concurrency, "connect_timeout": args.connect_timeout}
