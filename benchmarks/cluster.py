@@ -62,7 +62,7 @@ class Receiver:
         self.synced_at = 0.0
 
     async def follow(self, ws_url: str, stop: trio.Event) -> None:
-        headers = [("Authorization", f"Bearer {self.token}")]
+        headers = [(b"Authorization", f"Bearer {self.token}".encode())]
         async with open_websocket_url(ws_url, extra_headers=headers) as ws:
             json.loads(await ws.get_message())
             await ws.send_message(json.dumps({"type": "sync", "after": self.cursor}))
@@ -91,7 +91,7 @@ class Receiver:
 
 
 async def sender(ws_url: str, token: str, channel: int, period: float, stop_at: float, acked: list[int]) -> None:
-    headers = [("Authorization", f"Bearer {token}")]
+    headers = [(b"Authorization", f"Bearer {token}".encode())]
     async with open_websocket_url(ws_url, extra_headers=headers) as ws:
         await ws.get_message()
         n = 0
@@ -137,14 +137,13 @@ async def delivery(a: ChatdServer, b: ChatdServer, users: list[Any], args: argpa
     same, cross = Histogram(), Histogram()
     for i, rec in enumerate(receivers):
         (same if i % 2 == 0 else cross).merge(rec.latency)
-    out = {
-        "same_node_ms": {"p50": same.percentile_ms(50), "p99": same.percentile_ms(99), "n": same.count},
-        "cross_node_ms": {"p50": cross.percentile_ms(50), "p99": cross.percentile_ms(99), "n": cross.count},
+    p99s, p99c = same.percentile_ms(99), cross.percentile_ms(99)
+    return {
+        "same_node_ms": {"p50": same.percentile_ms(50), "p99": p99s, "n": same.count},
+        "cross_node_ms": {"p50": cross.percentile_ms(50), "p99": p99c, "n": cross.count},
         "out_of_order": sum(r.bad for r in receivers),
+        "cross_over_same_p99": round(p99c / p99s, 2) if p99s and p99c else None,
     }
-    p99s, p99c = out["same_node_ms"]["p99"], out["cross_node_ms"]["p99"]
-    out["cross_over_same_p99"] = round(p99c / p99s, 2) if p99s and p99c else None
-    return out
 
 
 async def failover(a: ChatdServer, b: ChatdServer, users: list[Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -230,7 +229,7 @@ def main() -> None:
             a.start()
             b.start()
             users = seed.run(dsn, 2 * (args.pairs + args.failover_clients), "cl")
-            result = {
+            result: dict[str, Any] = {
                 "date": time.strftime("%Y-%m-%d %H:%M"),
                 "params": vars(args) | {"json": None, "database_url": None},
                 "delivery": trio.run(delivery, a, b, users, args),
