@@ -152,6 +152,9 @@ class Hub:
             if from_this_node:
                 return
             payload = payload[2:]
+        if payload.startswith(("d:", "u:")):
+            self._revocation_hint(payload)
+            return
         if payload.startswith("c:"):
             # Every local write of a large channel goes through the writer, which
             # pushes it itself: only other nodes' channel hints are news.
@@ -167,6 +170,20 @@ class Hub:
         except ValueError:
             log.warning("unreadable inbox hint; waking everyone")
             self.wake_all()
+
+    def _revocation_hint(self, payload: str) -> None:
+        """A token was revoked (logout) or a user disabled, on some node: close
+        this node's live connections of that device or user (4001)."""
+        kind, _, ident = payload.partition(":")
+        try:
+            number = int(ident)
+        except ValueError:
+            log.warning("unreadable revocation hint")
+            return
+        if kind == "d":
+            self.revoke_device(number)
+        else:
+            self.revoke_user(number)
 
     def _channel_hint(self, payload: str) -> None:
         try:

@@ -301,3 +301,30 @@ async def test_postgres_restart_unavailable_then_recovers(tmp_path: Path) -> Non
     finally:
         pg.release()
 
+
+
+async def test_logout_and_disable_close_live_connections_on_every_node(tmp_path: Path, db_url: str) -> None:
+    ids, channel, tokens = await seed_channel(db_url, ("alice", "bob"))
+    async with nodes(tmp_path, db_url, 2) as (a, b):
+        ws_url = b.url.replace("http://", "ws://") + "/v1/ws"
+        async with open_websocket_url(ws_url, extra_headers=[("Authorization", f"Bearer {tokens[0]}")]) as ws:
+            await ws.get_message()
+            async with httpx.AsyncClient(base_url=a.url) as client:
+                r = await client.post("/v1/logout", headers={"Authorization": f"Bearer {tokens[0]}"})
+                assert r.status_code == 204
+            with trio.fail_after(10):
+                try:
+                    while True:
+                        await ws.get_message()
+                except ConnectionClosed as closed:
+                    assert closed.reason.code == 4001
+        async with open_websocket_url(ws_url, extra_headers=[("Authorization", f"Bearer {tokens[1]}")]) as ws:
+            await ws.get_message()
+            async with open_db(db_url) as db:
+                await Store(db).disable_user("bob")  # as `chatd user disable bob` does, from outside any node
+            with trio.fail_after(10):
+                try:
+                    while True:
+                        await ws.get_message()
+                except ConnectionClosed as closed:
+                    assert closed.reason.code == 4001
