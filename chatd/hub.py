@@ -211,9 +211,6 @@ class Hub:
     def _all_sessions(self) -> list[Drainable]:
         return [s for sessions in self._sessions.values() for s in sessions]
 
-    def connection_count(self) -> int:
-        return sum(len(s) for s in self._sessions.values())
-
     def connection_counts(self) -> dict[int, int]:
         """Local connections per user (for the node registry)."""
         return {user_id: len(sessions) for user_id, sessions in self._sessions.items()}

@@ -11,13 +11,16 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from benchmarks.clients import CONNECT_ERRORS, Client
 from benchmarks.ledger import add_verdicts
 from benchmarks.stats import Histogram, RunSet
+
+if TYPE_CHECKING:
+    from benchmarks.workers import Link
 
 #: How many times a non-storm workload tries to open each connection.
 CONNECT_ATTEMPTS = 5
@@ -91,6 +94,23 @@ async def connect_all(
               file=sys.stderr, flush=True)
         failed.extend(c for c in clients if id(c) not in finished)
     return failed
+
+
+async def connect_and_keep_alive(clients: Sequence[Client], nursery: trio.Nursery) -> None:
+    """:func:`connect_all`, then each client pings every ``heartbeat_s`` from a random phase."""
+    await connect_all(clients, nursery)
+    for client in clients:
+        heartbeat = client.welcome["heartbeat_s"]
+        nursery.start_soon(client.ping_forever, heartbeat, random.uniform(0, heartbeat))
+
+
+async def await_go(link: Link, book: AckBook, window: list[float]) -> dict[str, Any]:
+    """Report ``ready``, wait for ``go``; record its measured window. Returns the ``go`` command."""
+    await link.report("ready")
+    go = await link.receive("go")
+    window[:] = [go["start"], go["stop"]]
+    book.window = (go["start"], go["stop"])
+    return go
 
 
 async def close_all(clients: Iterable[Client], timeout_s: float = 10.0) -> None:

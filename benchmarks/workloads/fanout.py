@@ -33,7 +33,8 @@ from benchmarks.workers import Link
 from benchmarks.workloads.common import (
     AckBook,
     close_all,
-    connect_all,
+    await_go,
+    connect_and_keep_alive,
     expected_sets,
     merge_acked,
     sleep_until,
@@ -200,14 +201,8 @@ async def worker(job: dict[str, Any], link: Link) -> None:
             due += period
 
     async with trio.open_nursery() as nursery:
-        await connect_all(clients, nursery)
-        for client in clients:
-            nursery.start_soon(client.ping_forever, client.welcome["heartbeat_s"],
-                               random.uniform(0, client.welcome["heartbeat_s"]))
-        await link.report("ready")
-        go = await link.receive("go")
-        window[:] = [go["start"], go["stop"]]
-        book.window = (go["start"], go["stop"])
+        await connect_and_keep_alive(clients, nursery)
+        go = await await_go(link, book, window)
         await sleep_until(go["start"])
         async with trio.open_nursery() as active:
             for index, client in enumerate(senders):

@@ -14,7 +14,6 @@ recipient too) is checked for correctness but not counted.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from typing import Any
 
@@ -29,7 +28,7 @@ from benchmarks.workers import Link
 from benchmarks.workloads.common import (
     AckBook,
     close_all,
-    connect_all,
+    connect_and_keep_alive,
     expected_sets,
     merge_acked,
     sleep_until,
@@ -184,10 +183,7 @@ async def worker(job: dict[str, Any], link: Link) -> None:
                 return
 
     async with trio.open_nursery() as nursery:
-        await connect_all(clients, nursery)
-        for client in clients:
-            nursery.start_soon(client.ping_forever, client.welcome["heartbeat_s"],
-                               random.uniform(0, client.welcome["heartbeat_s"]))
+        await connect_and_keep_alive(clients, nursery)
         await link.report("ready")
         while True:
             command = await link.receive()

@@ -21,9 +21,6 @@ class InboxService:
         self.store = store
         self.hub = hub
 
-    async def head(self, user_id: int) -> int:
-        return await self.store.inbox_head(user_id)
-
     async def read(self, user_id: int, after: int, limit: int = PAGE) -> list[InboxEvent]:
         return await self.store.read_inbox(user_id, after, limit)
 
