@@ -42,6 +42,10 @@ from chatd.ws.session import Session, SessionSettings
 log = logging.getLogger(__name__)
 
 INBOX_CHANNEL = "chatd_inbox"
+#: A user's control frames on this node, all connections together (each connection
+#: also has its own, smaller budget: chatd.ws.session).
+CONTROL_BURST_PER_USER = 400
+CONTROL_RATE_PER_USER_S = 80.0
 LISTEN_BACKOFF_MAX_S = 5.0
 
 
@@ -56,6 +60,8 @@ class Services:
     writer: SendWriter
     registry: NodeRegistry
     live: LiveFanout
+    #: Control frames (sync, ping, typing, presence_subscribe) per user on this node.
+    control: RateLimiter
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
@@ -82,6 +88,7 @@ class Services:
             writer=writer,
             registry=NodeRegistry(store, hub, config.node_name),
             live=live,
+            control=RateLimiter(CONTROL_RATE_PER_USER_S, CONTROL_BURST_PER_USER),
         )
 
 
@@ -154,6 +161,7 @@ class Server:
                 inbox=services.inbox,
                 messages=services.messages,
                 settings=settings,
+                control=services.control,
             )
 
         ws = WebSocketEndpoint(services.auth.authenticate, make_session)

@@ -24,6 +24,10 @@ class InboxService:
     async def read(self, user_id: int, after: int, limit: int = PAGE) -> list[InboxEvent]:
         return await self.store.read_inbox(user_id, after, limit)
 
+    async def head(self, user_id: int) -> int:
+        """The user's newest ``inbox_seq`` (0 for an empty inbox)."""
+        return await self.store.inbox_head(user_id)
+
     async def long_poll(self, user_id: int, after: int, limit: int, timeout_s: float) -> list[InboxEvent]:
         """Events after ``after``; if none, wait up to ``timeout_s`` for some (or a drain)."""
         with self.hub.watch(user_id) as signal:

@@ -1,7 +1,7 @@
-"""Per-user token buckets for sends (``limits.send_rate_per_s`` / ``send_burst``).
+"""Token buckets: per-user limits (sends, control frames) and the arithmetic they share.
 
 Per node and in memory: a user spread over several nodes gets a bucket on each,
-which bounds abuse without a round trip to the database on every send.
+which bounds abuse without a round trip to the database on every frame.
 """
 
 from __future__ import annotations
@@ -10,6 +10,18 @@ import trio
 
 #: Buckets idle this long are full again and are forgotten.
 _FORGET_AFTER_S = 600.0
+
+
+def take_token(tokens: float, stamp: float, now: float, rate: float, burst: float) -> tuple[float, float]:
+    """Refill a bucket holding ``tokens`` at ``stamp`` up to ``now`` and take one.
+
+    Returns ``(tokens left, wait)``: ``wait`` is 0.0 when the token was taken, else
+    the seconds until one is available (and nothing was taken).
+    """
+    tokens = min(burst, tokens + (now - stamp) * rate)
+    if tokens >= 1.0:
+        return tokens - 1.0, 0.0
+    return tokens, (1.0 - tokens) / rate
 
 
 class RateLimiter:
@@ -24,12 +36,9 @@ class RateLimiter:
         now = trio.current_time()
         self._sweep(now)
         tokens, stamp = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return 0.0
+        tokens, wait = take_token(tokens, stamp, now, self.rate, self.burst)
         self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self.rate
+        return wait
 
     def _sweep(self, now: float) -> None:
         if now - self._last_sweep < _FORGET_AFTER_S:

@@ -8,7 +8,10 @@
 - pump: after ``sync``, reads the inbox from the cursor and queues events,
   then ``synced``, then waits for the user's inbox signal and reads again.
   Catch-up and live delivery are one loop, so a lost wake-up costs latency,
-  never an event, and the cursor makes every event go out once, in order;
+  never an event, and the cursor makes every event go out once, in order.
+  One pump task serves every ``sync`` of the connection: a new ``sync``
+  replaces the pending one (a flood of them costs a variable write each, not
+  a task each);
 - writer: the only task that writes to the socket, draining a bounded queue.
 
 Backpressure: the outgoing queue is bounded (``server.outgoing_queue``). A
@@ -18,6 +21,11 @@ producer is this connection's own task, so a slow client never slows others.
 A client that reads nothing at all cannot receive the close frame either: a
 socket write that stalls for ``send_stall_s`` drops the connection (the
 client sees 1006).
+
+Control frames (``sync``, ``ping``, ``presence_subscribe``, ``typing`` and
+frames that fail to decode) are budgeted per connection and per user on this
+node (token buckets, generous for any real client); past the budget the
+connection is closed with 1008.
 
 Resource handling: everything lives in the connection's nursery and ends with
 it; the transport is closed in ``finally`` with the first close code asked for.
@@ -39,8 +47,9 @@ from chatd.hub import Hub, InboxSignal
 from chatd.models import InboxEvent, Principal
 from chatd.services.inbox import PAGE, InboxService
 from chatd.services.messaging import MessageService
+from chatd.services.ratelimit import RateLimiter, take_token
 from chatd.wire.codec import FrameError, WireFormat, decode_client_frame, encode, error_frame
-from chatd.wire.frames import ClientFrame, PingFrame, SendFrame, SyncFrame
+from chatd.wire.frames import ClientFrame, PingFrame, ReceiptFrame, SendFrame, SyncFrame
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,11 @@ CLOSE_REVOKED = 4001
 SEND_QUEUE = 32
 #: Most queued frames written to the socket at once.
 WRITE_BATCH = 64
+#: Control frames per connection: burst, then per second. A real client sends a
+#: ``sync`` per connect, a ``ping`` per heartbeat and a few ``typing`` and
+#: ``presence_subscribe`` frames a minute; these are two orders of magnitude above.
+CONTROL_BURST = 100.0
+CONTROL_RATE_PER_S = 20.0
 
 
 class TransportClosed(Exception):
@@ -91,8 +105,8 @@ class SessionSettings:
 class Session:
     __slots__ = (
         "transport", "fmt", "principal", "user_id", "device_id", "hub", "inbox", "messages", "settings",
-        "_out_send", "_out_recv", "_sends_in", "_nursery", "_pump_scope", "_close_code", "_close_reason",
-        "_draining", "_log_tag",
+        "control", "_out_send", "_out_recv", "_sends_in", "_nursery", "_pump_scope", "_pending_sync",
+        "_sync_wanted", "_close_code", "_close_reason", "_draining", "_log_tag", "_ctl_tokens", "_ctl_stamp",
     )
 
     def __init__(
@@ -105,6 +119,7 @@ class Session:
         inbox: InboxService,
         messages: MessageService,
         settings: SessionSettings,
+        control: RateLimiter,
     ) -> None:
         self.transport = transport
         self.fmt = fmt
@@ -115,12 +130,20 @@ class Session:
         self.inbox = inbox
         self.messages = messages
         self.settings = settings
+        #: The per-user control-frame budget of this node (shared by the user's connections).
+        self.control = control
         self._out_send, self._out_recv = trio.open_memory_channel[str | bytes](settings.outgoing_queue)
         # The send queue and its task exist once the client first sends: most
         # connections of a big install sit idle, and each costs memory.
         self._sends_in: trio.MemorySendChannel[SendFrame] | None = None
         self._nursery: trio.Nursery | None = None
+        # The pump task starts with the first ``sync``; later ones only replace
+        # ``_pending_sync``, cancel the running delivery and set ``_sync_wanted``.
         self._pump_scope: trio.CancelScope | None = None
+        self._pending_sync: SyncFrame | None = None
+        self._sync_wanted: trio.Event | None = None
+        self._ctl_tokens = CONTROL_BURST
+        self._ctl_stamp = trio.current_time()
         self._close_code: int | None = None
         self._close_reason = ""
         self._draining = False
@@ -205,8 +228,12 @@ class Session:
                 try:
                     frame = decode_client_frame(data, self.fmt)
                 except FrameError as exc:
+                    if self._over_control_budget():
+                        return
                     await self._queue(error_frame(exc.code, exc.message, exc.ref))
                     continue
+                if not isinstance(frame, (SendFrame, ReceiptFrame)) and self._over_control_budget():
+                    return
                 await self._dispatch(frame)
         self._request_close(CLOSE_GOING_AWAY, "idle timeout")
 
@@ -224,7 +251,7 @@ class Session:
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 await self._queue(error_frame("unavailable", "server is shutting down; reconnect and retry", frame.ref))
         elif isinstance(frame, SyncFrame):
-            self._start_pump(frame.after)
+            self._request_sync(frame)
         elif isinstance(frame, PingFrame):
             pong: dict[str, Any] = {"type": "pong"}
             if frame.t is not None:
@@ -258,25 +285,60 @@ class Session:
             reply["ref"] = frame.ref
         return reply
 
-    def _start_pump(self, after: int) -> None:
-        """(Re)start delivery from ``after``: a second ``sync`` restarts from its cursor."""
+    def _over_control_budget(self) -> bool:
+        """Take a control-frame token (this connection's, then the user's); past either
+        budget the connection is closed with 1008 and True is returned."""
+        now = trio.current_time()
+        self._ctl_tokens, wait = take_token(self._ctl_tokens, self._ctl_stamp, now, CONTROL_RATE_PER_S, CONTROL_BURST)
+        self._ctl_stamp = now
+        if wait == 0.0 and self.control.take(self.user_id) == 0.0:
+            return False
+        log.info("%s closed: too many control frames", self._log_tag)
+        self._request_close(CLOSE_POLICY, "too many control frames")
+        return True
+
+    def _request_sync(self, frame: SyncFrame) -> None:
+        """(Re)start delivery from ``frame.after``: a newer ``sync`` replaces a pending one."""
+        self._pending_sync = frame
+        if self._sync_wanted is None:
+            assert self._nursery is not None
+            self._sync_wanted = trio.Event()
+            self._nursery.start_soon(self._pump)
         if self._pump_scope is not None:
             self._pump_scope.cancel()
-        assert self._nursery is not None
-        scope = trio.CancelScope()
-        self._pump_scope = scope
-        self._nursery.start_soon(self._pump, after, scope)
+        self._sync_wanted.set()
 
-    async def _pump(self, cursor: int, scope: trio.CancelScope) -> None:
-        with scope:
-            signal = self.hub.subscribe(self.user_id)
-            try:
-                await self._deliver(signal, cursor)
-            finally:
-                self.hub.unsubscribe(self.user_id)
+    async def _pump(self) -> None:
+        """Serve ``sync`` requests one at a time, each until a newer one replaces it."""
+        assert self._sync_wanted is not None
+        signal = self.hub.subscribe(self.user_id)
+        try:
+            while True:
+                await self._sync_wanted.wait()
+                self._sync_wanted = trio.Event()
+                frame, self._pending_sync = self._pending_sync, None
+                if frame is None:
+                    continue
+                with trio.CancelScope() as scope:
+                    self._pump_scope = scope
+                    await self._deliver(signal, frame)
+                self._pump_scope = None
+        finally:
+            self.hub.unsubscribe(self.user_id)
 
-    async def _deliver(self, signal: InboxSignal, cursor: int) -> None:
-        """Catch up from ``cursor``, say ``synced``, then follow the inbox live."""
+    async def _cursor_is_known(self, signal: InboxSignal, cursor: int) -> bool:
+        """A cursor past the user's inbox head (another or a restored server's) cannot be
+        served: the client must start again from one it can trust."""
+        if cursor <= self.principal.inbox_head or cursor <= signal.head:
+            return True
+        return cursor <= await self.inbox.head(self.user_id)
+
+    async def _deliver(self, signal: InboxSignal, frame: SyncFrame) -> None:
+        """Catch up from the frame's cursor, say ``synced``, then follow the inbox live."""
+        cursor = frame.after
+        if not await self._cursor_is_known(signal, cursor):
+            await self._queue(error_frame("invalid", "after: beyond the inbox head; sync from 0 or inbox_head", frame.ref))
+            return
         caught_up = False
         while True:
             wake = signal.event
