@@ -13,12 +13,13 @@ this one; duplicates are harmless).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 import trio
 
+from chatd.hints import DeviceRevoked, InboxHeads, UserRevoked, WakeAll
 from chatd.models import InboxAdvance, InboxEvent
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,6 @@ class Hub:
         self._signals: dict[int, InboxSignal] = {}
         self._sessions: dict[int, set[Drainable]] = {}
         self.draining = trio.Event()
-        #: Called with (channel_id, seq) for a large channel's message hint.
-        self.on_channel_message: Callable[[int, int], None] | None = None
 
     def subscribe(self, user_id: int) -> InboxSignal:
         """The user's signal, kept while anyone on this node holds a subscription.
@@ -140,60 +139,24 @@ class Hub:
         for signal in self._signals.values():
             signal.fire(None)
 
-    def on_notify(self, payload: str, *, from_this_node: bool = False) -> None:
-        """Apply a NOTIFY hint: ``"uid:head,uid:head"``, or ``"*"`` for everyone.
+    def apply(self, hint: InboxHeads | WakeAll | DeviceRevoked | UserRevoked, *, from_this_node: bool) -> None:
+        """Act on a cluster hint (chatd.hints) that concerns this node's connections.
 
-        A ``"w:"`` hint comes from a group-commit batch; the node that ran it
-        publishes its events itself (:meth:`publish`, right after the commit)
-        and skips its own hint, which would otherwise often arrive first and
+        A group-commit batch's hints (``from_batch``) are skipped by the node that
+        ran it: it published the batch's events itself (:meth:`publish`, right
+        after the commit), and its own hint, often arriving first, would only
         send its sessions to the database for events on their way to memory.
         """
-        if payload.startswith("w:"):
-            if from_this_node:
-                return
-            payload = payload[2:]
-        if payload.startswith(("d:", "u:")):
-            self._revocation_hint(payload)
+        if isinstance(hint, DeviceRevoked):
+            self.revoke_device(hint.device_id)
+        elif isinstance(hint, UserRevoked):
+            self.revoke_user(hint.user_id)
+        elif hint.from_batch and from_this_node:
             return
-        if payload.startswith("c:"):
-            # Every local write of a large channel goes through the writer, which
-            # pushes it itself: only other nodes' channel hints are news.
-            if not from_this_node:
-                self._channel_hint(payload)
-            return
-        if payload == "*":
+        elif isinstance(hint, WakeAll):
             self.wake_all()
-            return
-        try:
-            pairs = [item.split(":", 1) for item in payload.split(",") if item]
-            self.advance(InboxAdvance(int(u), int(h)) for u, h in pairs)
-        except ValueError:
-            log.warning("unreadable inbox hint; waking everyone")
-            self.wake_all()
-
-    def _revocation_hint(self, payload: str) -> None:
-        """A token was revoked (logout) or a user disabled, on some node: close
-        this node's live connections of that device or user (4001)."""
-        kind, _, ident = payload.partition(":")
-        try:
-            number = int(ident)
-        except ValueError:
-            log.warning("unreadable revocation hint")
-            return
-        if kind == "d":
-            self.revoke_device(number)
         else:
-            self.revoke_user(number)
-
-    def _channel_hint(self, payload: str) -> None:
-        try:
-            _, channel, seq = payload.split(":")
-            channel_id, seq_no = int(channel), int(seq)
-        except ValueError:
-            log.warning("unreadable channel hint")
-            return
-        if self.on_channel_message is not None:
-            self.on_channel_message(channel_id, seq_no)
+            self.advance(hint.advances)
 
     # --- connections -----------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from chatd import hints
 from chatd.config import Config
 from chatd.db.bridge import Database
 from chatd.db.migrate import is_current, migrate
@@ -41,7 +42,6 @@ from chatd.ws.session import Session, SessionSettings
 
 log = logging.getLogger(__name__)
 
-INBOX_CHANNEL = "chatd_inbox"
 #: A user's control frames on this node, all connections together (each connection
 #: also has its own, smaller budget: chatd.ws.session).
 CONTROL_BURST_PER_USER = 400
@@ -120,7 +120,7 @@ class Server:
             self.services = services = Services.build(db, cfg)
             app = self._asgi_app(services)
             async with trio.open_nursery() as nursery:
-                await nursery.start(self._listen_forever, db, services.hub)
+                await nursery.start(self._listen_forever, db, services.hub, services.live)
                 await nursery.start(services.writer.run)
                 await nursery.start(services.live.run)
                 url = await nursery.start(self._serve_http, app)
@@ -212,7 +212,9 @@ class Server:
         finally:
             self._http_done.set()
 
-    async def _listen_forever(self, db: Database, hub: Hub, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def _listen_forever(
+        self, db: Database, hub: Hub, live: LiveFanout, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Hold the LISTEN connection; on loss, back off, reconnect and wake every session.
 
         Reports started after the first attempt, successful or not: a node whose
@@ -233,12 +235,19 @@ class Server:
                 log.info("LISTEN connection restored")
 
         def notified(pid: int, payload: str) -> None:
-            hub.on_notify(payload, from_this_node=pid in db.backend_pids)
+            hint = hints.parse(payload)
+            from_this_node = pid in db.backend_pids
+            if isinstance(hint, hints.ChannelMessage):
+                # This node's own large-channel writes were pushed by the writer.
+                if not from_this_node:
+                    live.hinted(hint.channel_id, hint.seq)
+            else:
+                hub.apply(hint, from_this_node=from_this_node)
 
         while True:
             try:
                 await db.listen(
-                    INBOX_CHANNEL, notified, ready, application_name=f"chatd-listen:{self.config.node_name}"
+                    hints.CHANNEL, notified, ready, application_name=f"chatd-listen:{self.config.node_name}"
                 )
             except Unavailable as exc:
                 log.warning("LISTEN connection lost (%s); retrying in %.1fs", exc, backoff)

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import attrs
 
+from chatd import hints
 from chatd.db.bridge import Connection, Database
 from chatd.errors import ChatdError, Conflict, Forbidden, Invalid, NotFound, NotMember, TooLarge
 from chatd.models import (
@@ -63,8 +64,8 @@ FROM devices d JOIN users u ON u.id = d.user_id
 WHERE d.token_hash = $1 AND d.revoked_at IS NULL AND NOT u.disabled
 """
 _REVOKE_DEVICE = "UPDATE devices SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
-#: Every node closes the live connections of a revoked device ("d:") or user ("u:").
-_NOTIFY_REVOKED = "SELECT pg_notify('chatd_inbox', $1)"
+#: Every node closes the live connections of a revoked device or user (chatd.hints).
+_NOTIFY_REVOKED = f"SELECT pg_notify('{hints.CHANNEL}', $1)"
 _EXISTING_USERS = "SELECT id FROM users WHERE id = ANY($1::bigint[]) AND NOT disabled"
 
 # --- channels -----------------------------------------------------------------
@@ -370,7 +371,7 @@ class Store:
             user_id = await conn.fetchval(_SET_DISABLED, username, True)
             if user_id is not None:
                 await conn.execute(_REVOKE_USER_DEVICES, user_id)
-                await conn.execute(_NOTIFY_REVOKED, f"u:{user_id}")
+                await conn.execute(_NOTIFY_REVOKED, hints.encode(hints.UserRevoked(user_id)))
             return user_id  # type: ignore[no-any-return]
 
         user_id = await self.db.transaction(unit)
@@ -405,7 +406,7 @@ class Store:
     async def revoke_device(self, device_id: int) -> None:
         async def unit(conn: Connection) -> None:
             await conn.execute(_REVOKE_DEVICE, device_id)
-            await conn.execute(_NOTIFY_REVOKED, f"d:{device_id}")
+            await conn.execute(_NOTIFY_REVOKED, hints.encode(hints.DeviceRevoked(device_id)))
 
         await self.db.transaction(unit)
 

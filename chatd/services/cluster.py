@@ -83,7 +83,6 @@ class LiveFanout:
         self.store = store
         self.hub = hub
         self._in, self._out = trio.open_memory_channel[tuple[int, int, Message | None]](LIVE_QUEUE)
-        hub.on_channel_message = self.hinted
 
     def committed(self, message: Message) -> None:
         """A large channel's message this node just committed."""
