@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from chatd.hints import DeviceRevoked, InboxHeads, UserRevoked, WakeAll
-from chatd.models import InboxAdvance, InboxEvent
+from chatd.models import InboxAdvance, InboxEvent, Message
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Drainable(Protocol):
 
     def revoke(self) -> None: ...
 
-    def offer(self, frame: dict[str, Any]) -> None: ...
+    def push_message(self, message: Message) -> None: ...
 
 
 class Hub:
@@ -181,11 +181,11 @@ class Hub:
     def connected_users(self) -> list[int]:
         return list(self._sessions)
 
-    def push_live(self, user_ids: Iterable[int], frame: dict[str, Any]) -> None:
-        """A live, not persisted frame to every local connection of these users."""
+    def push_live(self, user_ids: Iterable[int], message: Message) -> None:
+        """A large channel's message, live and not persisted, to every local connection of these users."""
         for user_id in user_ids:
             for session in list(self._sessions.get(user_id, ())):
-                session.offer(frame)
+                session.push_message(message)
 
     def revoke_device(self, device_id: int) -> None:
         for session in self._all_sessions():

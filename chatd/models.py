@@ -128,21 +128,6 @@ class SendOutcome:
     advances: tuple[InboxAdvance, ...]
 
 
-class EventBody:
-    """The fields of one event as every recipient sees them, with its encodings.
-
-    A message to a group is one body shared by all members' events (only
-    ``inbox_seq`` differs), so the session encodes the body once per wire
-    format and splices in each ``inbox_seq`` (see chatd.ws.session).
-    """
-
-    __slots__ = ("fields", "encoded")
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.fields = fields
-        self.encoded: dict[Any, Any] = {}
-
-
 @attrs.frozen
 class InboxEvent:
     """One inbox entry, ready to be rendered as an ``event`` frame."""
@@ -150,7 +135,9 @@ class InboxEvent:
     inbox_seq: int
     kind: str
     fields: dict[str, Any] = attrs.field(eq=True)
-    body: EventBody | None = attrs.field(default=None, eq=False, repr=False)
+    #: ``fields`` is one dict shared by every recipient's event (a message to a
+    #: group): the codec encodes it once per wire format for all of them.
+    shared: bool = attrs.field(default=False, eq=False, repr=False)
 
     def to_frame(self) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "event", "inbox_seq": self.inbox_seq, "kind": self.kind}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, timezone
 
 import pytest
 import trio
 
 from chatd import hints
 from chatd.hub import Hub, InboxSignal
-from chatd.models import InboxAdvance, InboxEvent
+from chatd.models import InboxAdvance, InboxEvent, Message
 from chatd.services.ratelimit import RateLimiter, take_token
 
 
@@ -48,7 +48,7 @@ class FakeSession:
         self.device_id = device_id
         self.revoked = False
         self.drained: int | None = None
-        self.offered: list[dict[str, Any]] = []
+        self.offered: list[Message] = []
 
     def drain(self, after_ms: int) -> None:
         self.drained = after_ms
@@ -56,23 +56,29 @@ class FakeSession:
     def revoke(self) -> None:
         self.revoked = True
 
-    def offer(self, frame: dict[str, Any]) -> None:
-        self.offered.append(frame)
+    def push_message(self, message: Message) -> None:
+        self.offered.append(message)
+
+
+def node_hint(payload: str) -> hints.InboxHeads | hints.WakeAll | hints.DeviceRevoked | hints.UserRevoked:
+    hint = hints.parse(payload)
+    assert not isinstance(hint, hints.ChannelMessage)
+    return hint
 
 
 def test_hub_applies_heads_and_skips_its_own_batches() -> None:
     hub = Hub()
     signal = hub.subscribe(1)
     first = signal.event
-    hub.apply(hints.parse("w:1:5"), from_this_node=True)
+    hub.apply(node_hint("w:1:5"), from_this_node=True)
     assert not first.is_set() and signal.head == 0
-    hub.apply(hints.parse("w:1:5"), from_this_node=False)
+    hub.apply(node_hint("w:1:5"), from_this_node=False)
     assert first.is_set() and signal.head == 5
     second = signal.event
-    hub.apply(hints.parse("1:6,2:9"), from_this_node=True)  # not a batch: applied
+    hub.apply(node_hint("1:6,2:9"), from_this_node=True)  # not a batch: applied
     assert second.is_set() and signal.head == 6
     third = signal.event
-    hub.apply(hints.parse("*"), from_this_node=False)
+    hub.apply(node_hint("*"), from_this_node=False)
     assert third.is_set() and signal.head == 6
     hub.unsubscribe(1)
     assert 1 not in hub._signals
@@ -91,8 +97,9 @@ def test_hub_revocations_close_the_right_sessions() -> None:
     hub.remove_session(a1)
     hub.remove_session(a2)
     assert hub.connected_users() == [2]
-    hub.push_live([1, 2], {"type": "message"})
-    assert b.offered == [{"type": "message"}] and a1.offered == []
+    message = Message(1, 1, 2, "m", "hi", datetime.now(timezone.utc))
+    hub.push_live([1, 2], message)
+    assert b.offered == [message] and a1.offered == []
     hub.drain(500)
     assert b.drained == 500 and hub.draining.is_set()
 

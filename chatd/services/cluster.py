@@ -117,4 +117,4 @@ class LiveFanout:
             message = await self.store.message(channel_id, seq)
             if message is None:
                 return
-        self.hub.push_live(members, {"type": "message", **message.to_json()})
+        self.hub.push_live(members, message)

@@ -32,7 +32,7 @@ import trio
 from chatd.db.store import BatchFailed, SendRequest, Store
 from chatd.errors import ChatdError, Unavailable
 from chatd.hub import Hub
-from chatd.models import EventBody, InboxEvent, Message, SendOutcome
+from chatd.models import InboxEvent, Message, SendOutcome
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ class SendWriter:
                 self.on_large_message(message)
             return
         # One body shared by every recipient's event: rendered once, encoded once per format.
-        body = EventBody(message.to_json())
-        self.hub.publish((adv.user_id, InboxEvent(adv.head, "message", body.fields, body)) for adv in outcome.advances)
+        fields = message.to_json()
+        self.hub.publish((adv.user_id, InboxEvent(adv.head, "message", fields, shared=True)) for adv in outcome.advances)
 
     async def _commit_one(self, request: SendRequest) -> SendOutcome | ChatdError:
         try:

@@ -26,6 +26,7 @@ from typing import Final, Literal, NoReturn, TypeAlias
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs published
 
+from chatd.models import InboxEvent
 from chatd.wire.frames import (
     ID_MAX,
     MAX_CLIENT_MSG_ID_CHARS,
@@ -44,6 +45,7 @@ from chatd.wire.frames import (
     SyncFrame,
     TypingFrame,
 )
+from chatd.wire.outbound import ErrorFrame, ServerFrame
 
 __all__ = [
     "SUBPROTOCOLS",
@@ -54,6 +56,8 @@ __all__ = [
     "decode_client_frame",
     "encode",
     "error_frame",
+    "encode_event",
+    "encode_frame",
 ]
 
 
@@ -133,10 +137,7 @@ class FrameError(Exception):
 
 def error_frame(code: str, message: str, ref: str | None = None) -> dict[str, object]:
     """``{"type": "error", "code", "message"}`` plus ``"ref"`` only when not None."""
-    frame: dict[str, object] = {"type": "error", "code": code, "message": message}
-    if ref is not None:
-        frame["ref"] = ref
-    return frame
+    return ErrorFrame(code, message, ref).to_dict()
 
 
 class _FieldError(Exception):
@@ -445,3 +446,72 @@ def encode(obj: Mapping[str, object], fmt: WireFormat) -> str | bytes:
         return _JSON_ENCODER.encode(obj)
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
     return packed
+
+
+# -- server frames ----------------------------------------------------------------
+
+
+def encode_frame(frame: ServerFrame, fmt: WireFormat) -> str | bytes:
+    """One typed server frame (chatd.wire.outbound) as one WebSocket message."""
+    return encode(frame.to_dict(), fmt)
+
+
+#: Encoded bodies of shared events, oldest first: a message to a group is one
+#: ``fields`` dict shared by every member's event, encoded once per format.
+#: Each entry holds its dict, so the ``id`` in its key cannot be reused while
+#: the entry lives. Bounded: an evicted body is simply encoded again.
+_SHARED_BODIES: dict[tuple[int, WireFormat], tuple[object, str | bytes]] = {}
+_SHARED_BODIES_MAX = 2048
+_MSGPACK_EVENT_KEYS = (
+    msgpack.packb("type") + msgpack.packb("event") + msgpack.packb("inbox_seq"),
+    msgpack.packb("kind"),
+)
+
+
+def encode_event(event: InboxEvent, fmt: WireFormat) -> str | bytes:
+    """``{"type": "event", "inbox_seq", "kind", ...fields}`` as one WebSocket message.
+
+    The fields are encoded once and the frame's own keys written around them,
+    so a shared body (``event.shared``) costs one encoding per format for all
+    of its recipients, whatever their number; the result is byte for byte what
+    :func:`encode` gives for the whole frame.
+    """
+    body = _encoded_body(event, fmt)
+    if fmt is WireFormat.JSON:
+        assert isinstance(body, str)
+        head = f'{{"type":"event","inbox_seq":{event.inbox_seq},"kind":{_JSON_ENCODER.encode(event.kind)}'
+        return head + ("," + body if body != "}" else "}")
+    assert isinstance(body, bytes)
+    frame: bytes = (
+        _msgpack_map_header(3 + len(event.fields))
+        + _MSGPACK_EVENT_KEYS[0]
+        + msgpack.packb(event.inbox_seq)
+        + _MSGPACK_EVENT_KEYS[1]
+        + msgpack.packb(event.kind)
+        + body
+    )
+    return frame
+
+
+def _encoded_body(event: InboxEvent, fmt: WireFormat) -> str | bytes:
+    """The fields without their container's opening: JSON after ``{``, msgpack after the map header."""
+    key = (id(event.fields), fmt)
+    if event.shared:
+        hit = _SHARED_BODIES.get(key)
+        if hit is not None and hit[0] is event.fields:
+            return hit[1]
+    whole = encode(event.fields, fmt)
+    body: str | bytes = whole[1:] if isinstance(whole, str) else whole[len(_msgpack_map_header(len(event.fields))):]
+    if event.shared:
+        if len(_SHARED_BODIES) >= _SHARED_BODIES_MAX:
+            del _SHARED_BODIES[next(iter(_SHARED_BODIES))]
+        _SHARED_BODIES[key] = (event.fields, body)
+    return body
+
+
+def _msgpack_map_header(size: int) -> bytes:
+    if size <= 15:
+        return bytes((0x80 | size,))
+    if size <= 0xFFFF:
+        return b"\xde" + size.to_bytes(2, "big")
+    return b"\xdf" + size.to_bytes(4, "big")

@@ -37,7 +37,7 @@ import logging
 import math
 import random
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import trio
@@ -48,7 +48,9 @@ from chatd.models import InboxEvent, Principal
 from chatd.services.inbox import PAGE, InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter, take_token
-from chatd.wire.codec import FrameError, WireFormat, decode_client_frame, encode, error_frame
+from chatd.models import Message
+from chatd.wire.codec import FrameError, WireFormat, decode_client_frame, encode_event, encode_frame
+from chatd.wire.outbound import AckFrame, ErrorFrame, LiveMessage, Pong, Reconnect, ServerFrame, Synced, Welcome
 from chatd.wire.frames import ClientFrame, PingFrame, ReceiptFrame, SendFrame, SyncFrame
 
 log = logging.getLogger(__name__)
@@ -156,19 +158,11 @@ class Session:
         self.hub.add_session(self)
         try:
             try:
-                await self.transport.send(
-                    encode(
-                        {
-                            "type": "welcome",
-                            "user_id": self.user_id,
-                            "device_id": self.device_id,
-                            "node": self.settings.node,
-                            "heartbeat_s": self.settings.heartbeat_s,
-                            "inbox_head": self.principal.inbox_head,
-                        },
-                        self.fmt,
-                    )
+                welcome = Welcome(
+                    self.user_id, self.device_id, self.settings.node, self.settings.heartbeat_s,
+                    self.principal.inbox_head,
                 )
+                await self.transport.send(encode_frame(welcome, self.fmt))
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     if self._close_code is not None:  # revoked while we said welcome
@@ -211,7 +205,7 @@ class Session:
         if self._draining:
             return
         self._draining = True
-        self.offer({"type": "reconnect", "after_ms": random.randint(0, max(0, after_ms))})
+        self.offer(Reconnect(random.randint(0, max(0, after_ms))))
         if self._sends_in is not None:
             self._sends_in.close()  # the sender answers what is queued, then closes the outgoing queue
         else:
@@ -230,7 +224,7 @@ class Session:
                 except FrameError as exc:
                     if self._over_control_budget():
                         return
-                    await self._queue(error_frame(exc.code, exc.message, exc.ref))
+                    await self._queue(ErrorFrame(exc.code, exc.message, exc.ref))
                     continue
                 if not isinstance(frame, (SendFrame, ReceiptFrame)) and self._over_control_budget():
                     return
@@ -240,7 +234,7 @@ class Session:
     async def _dispatch(self, frame: ClientFrame) -> None:
         if isinstance(frame, SendFrame):
             if self._draining:
-                await self._queue(error_frame("unavailable", "server is shutting down; reconnect and retry", frame.ref))
+                await self._queue(ErrorFrame("unavailable", "server is shutting down; reconnect and retry", frame.ref))
                 return
             if self._sends_in is None:
                 assert self._nursery is not None
@@ -249,16 +243,11 @@ class Session:
             try:
                 await self._sends_in.send(frame)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
-                await self._queue(error_frame("unavailable", "server is shutting down; reconnect and retry", frame.ref))
+                await self._queue(ErrorFrame("unavailable", "server is shutting down; reconnect and retry", frame.ref))
         elif isinstance(frame, SyncFrame):
             self._request_sync(frame)
         elif isinstance(frame, PingFrame):
-            pong: dict[str, Any] = {"type": "pong"}
-            if frame.t is not None:
-                pong["t"] = frame.t
-            if frame.ref is not None:
-                pong["ref"] = frame.ref
-            await self._queue(pong)
+            await self._queue(Pong(frame.t, frame.ref))
         # receipt, typing and presence_subscribe are accepted and not acted on yet:
         # their services arrive with the receipts and presence work.
 
@@ -269,21 +258,16 @@ class Session:
         # Only a drain closes the send queue: everything queued is answered; flush and close.
         self._out_send.close()
 
-    async def _send_one(self, frame: SendFrame) -> dict[str, Any]:
+    async def _send_one(self, frame: SendFrame) -> AckFrame | ErrorFrame:
         try:
             ack = await self.messages.send(
                 self.principal, frame.channel_id, frame.client_msg_id, frame.text, frame.media_ids
             )
         except RateLimited as exc:
-            reply = error_frame(exc.code, exc.message, frame.ref)
-            reply["retry_after_ms"] = math.ceil(exc.retry_after_s * 1000)
-            return reply
+            return ErrorFrame(exc.code, exc.message, frame.ref, math.ceil(exc.retry_after_s * 1000))
         except ChatdError as exc:
-            return error_frame(exc.code, exc.message, frame.ref)
-        reply = {"type": "ack", **ack.to_json()}
-        if frame.ref is not None:
-            reply["ref"] = frame.ref
-        return reply
+            return ErrorFrame(exc.code, exc.message, frame.ref)
+        return AckFrame(ack, frame.ref)
 
     def _over_control_budget(self) -> bool:
         """Take a control-frame token (this connection's, then the user's); past either
@@ -337,7 +321,7 @@ class Session:
         """Catch up from the frame's cursor, say ``synced``, then follow the inbox live."""
         cursor = frame.after
         if not await self._cursor_is_known(signal, cursor):
-            await self._queue(error_frame("invalid", "after: beyond the inbox head; sync from 0 or inbox_head", frame.ref))
+            await self._queue(ErrorFrame("invalid", "after: beyond the inbox head; sync from 0 or inbox_head", frame.ref))
             return
         caught_up = False
         while True:
@@ -352,22 +336,13 @@ class Session:
                 continue
             if not caught_up:
                 caught_up = True
-                await self._queue({"type": "synced", "cursor": cursor})
+                await self._queue(Synced(cursor))
             if signal.head > cursor:
                 continue
             await wake.wait()
 
     async def _queue_event(self, event: InboxEvent) -> None:
-        body = event.body
-        if body is None or self.fmt is not WireFormat.JSON:
-            await self._queue(event.to_frame())
-            return
-        # Encode the shared body once for all recipients; splice in this inbox_seq.
-        tail = body.encoded.get(self.fmt)
-        if tail is None:
-            tail = body.encoded[self.fmt] = str(encode(body.fields, self.fmt))[1:]
-        prefix = f'{{"type":"event","inbox_seq":{event.inbox_seq},"kind":"{event.kind}"'
-        await self._queue_data(prefix + ("," + tail if tail != "}" else "}"))
+        await self._queue_data(encode_event(event, self.fmt))
 
     async def _writer(self) -> None:
         async with self._out_recv:
@@ -394,9 +369,9 @@ class Session:
 
     # --- the outgoing queue ------------------------------------------------------------------
 
-    async def _queue(self, frame: dict[str, Any]) -> None:
+    async def _queue(self, frame: ServerFrame) -> None:
         """Queue a frame for the writer; a queue full for send_stall_s closes with 1008."""
-        await self._queue_data(encode(frame, self.fmt))
+        await self._queue_data(encode_frame(frame, self.fmt))
 
     async def _queue_data(self, data: str | bytes) -> None:
         try:
@@ -415,11 +390,15 @@ class Session:
         log.info("%s slow consumer: outgoing queue full", self._log_tag)
         self._request_close(CLOSE_POLICY, "slow consumer: outgoing queue full")
 
-    def offer(self, frame: dict[str, Any]) -> None:
+    def push_message(self, message: Message) -> None:
+        """A large channel's message, live (from the hub): see :meth:`offer`."""
+        self.offer(LiveMessage(message))
+
+    def offer(self, frame: ServerFrame) -> None:
         """Queue a frame without waiting (for callers outside this connection): a full
         queue means a slow consumer, closed with 1008; it never makes the caller wait."""
         try:
-            self._out_send.send_nowait(encode(frame, self.fmt))
+            self._out_send.send_nowait(encode_frame(frame, self.fmt))
         except trio.WouldBlock:
             self._request_close(CLOSE_POLICY, "slow consumer: outgoing queue full")
         except (trio.ClosedResourceError, trio.BrokenResourceError):
