@@ -24,7 +24,7 @@ from tests.support import Api, ChatUser, RunningServer, http, running_server
 from tests.test_http import err, ok
 
 #: High enough that the concurrency test never meets the channel-op limits.
-UNLIMITED = {
+UNLIMITED: dict[str, object] = {
     "channel_ops_per_min": 1_000_000,
     "channel_ops_burst": 1_000_000,
     "channel_invites_per_min": 1_000_000,
@@ -45,7 +45,7 @@ async def _inbox_heads(srv: RunningServer, users: list[ChatUser]) -> dict[int, i
 
 
 async def test_concurrent_channel_changes_and_sends_never_deadlock(db_url: str) -> None:
-    overrides: dict[str, dict[str, object]] = {"database": {"pool_max": 12}}
+    overrides: dict[str, dict[str, object]] = {"limits": UNLIMITED, "database": {"pool_max": 12}}
     async with running_server(db_url, overrides) as srv:
         users = [await srv.user(f"user{i}") for i in range(8)]
         owner = users[0]
@@ -107,7 +107,7 @@ async def test_concurrent_channel_changes_and_sends_never_deadlock(db_url: str) 
 
 async def test_concurrent_group_creations_by_one_user(db_url: str) -> None:
     """The original finding: ten-plus concurrent creations with the same members."""
-    overrides: dict[str, dict[str, object]] = {"database": {"pool_max": 12}}
+    overrides: dict[str, dict[str, object]] = {"limits": UNLIMITED, "database": {"pool_max": 12}}
     async with running_server(db_url, overrides) as srv:
         users = [await srv.user(f"u{i}") for i in range(6)]
         ids = [u.user_id for u in users]
@@ -125,3 +125,96 @@ async def test_concurrent_group_creations_by_one_user(db_url: str) -> None:
         heads = await _inbox_heads(srv, users)
         assert set(heads.values()) == {20}
         assert await srv.store.verify() == []
+
+
+# --- rate limits -----------------------------------------------------------------------------
+
+
+def _limited(resp: httpx.Response) -> int:
+    """A 429 `rate_limited` with the contract's body; returns Retry-After in seconds."""
+    err(resp, 429, "rate_limited")
+    retry_after = int(resp.headers["Retry-After"])
+    assert retry_after >= 1
+    return retry_after
+
+
+async def test_channel_operations_are_rate_limited_per_user(db_url: str) -> None:
+    # Three operations at once, then one every 20 s: nothing refills during the test.
+    limits = {"channel_ops_per_min": 3, "channel_ops_burst": 3}
+    async with running_server(db_url, {"limits": limits}) as srv, http(srv) as api:
+        alice, bob, carol = await srv.user("alice"), await srv.user("bob"), await srv.user("carol")
+        a, b = api.as_user(alice.token), api.as_user(bob.token)
+        cid = await _group(a, "one", [bob.user_id])
+        ok(await a.patch(f"/v1/channels/{cid}", {"name": "renamed"}))
+        ok(await a.post(f"/v1/channels/{cid}/members", {"user_ids": [carol.user_id]}))
+        heads = await _inbox_heads(srv, [alice, bob, carol])
+        # Every kind of channel change now answers 429 with Retry-After, and writes nothing.
+        refused = [
+            await a.post("/v1/channels", {"kind": "group", "name": "two", "members": [bob.user_id]}),
+            await a.post("/v1/channels", {"kind": "dm", "members": [carol.user_id]}),
+            await a.patch(f"/v1/channels/{cid}", {"name": "again"}),
+            await a.post(f"/v1/channels/{cid}/members", {"user_ids": [carol.user_id]}),
+            await a.delete(f"/v1/channels/{cid}/members/{carol.user_id}"),
+        ]
+        for resp in refused:
+            assert 1 <= _limited(resp) <= 20
+        assert await _inbox_heads(srv, [alice, bob, carol]) == heads
+        assert [c["id"] for c in await srv.store.all_channels()] == [cid]
+        assert ok(await a.get(f"/v1/channels/{cid}"))["name"] == "renamed"
+        # Reads are not limited; another user has a bucket of its own.
+        ok(await a.get("/v1/channels"))
+        ok(await b.patch(f"/v1/channels/{cid}", {"name": "bob's"}))
+        dm = ok(await b.post("/v1/channels", {"kind": "dm", "members": [carol.user_id]}), 201)
+        # Opening an existing DM writes nothing and costs nothing: bob can still do it
+        # any number of times, and one more real change after.
+        for _ in range(5):
+            assert ok(await b.post("/v1/channels", {"kind": "dm", "members": [carol.user_id]}))["channel_id"] == dm["channel_id"]
+        assert (await b.delete(f"/v1/channels/{cid}/members/{bob.user_id}")).status_code == 204
+        _limited(await b.patch(f"/v1/channels/{dm['channel_id']}", {"name": "x"}))
+        assert await srv.store.verify() == []
+
+
+async def test_users_put_into_channels_weigh_on_their_own_limit(db_url: str) -> None:
+    """100 group creations in a second used to put a victim into 100 channels."""
+    limits = {
+        "channel_ops_per_min": 1000,
+        "channel_ops_burst": 1000,
+        "channel_invites_per_min": 1,
+        "channel_invites_burst": 6,
+    }
+    async with running_server(db_url, {"limits": limits}) as srv, http(srv) as api:
+        spammer = await srv.user("spammer")
+        victims = [await srv.user(f"victim{i}") for i in range(8)]
+        s = api.as_user(spammer.token)
+        ids = [v.user_id for v in victims]
+        # Four others, then two: six of the bucket's six.
+        await _group(s, "first", ids[:4])
+        await _group(s, "second", ids[4:6])
+        answers = [
+            (await s.post("/v1/channels", {"kind": "group", "name": f"spam{i}", "members": ids[:1]}))
+            for i in range(20)
+        ]
+        for resp in answers:
+            assert _limited(resp) >= 1
+        # The victim is in the channels it was put into before the limit, no more.
+        assert len(ok(await api.as_user(victims[0].token).get("/v1/channels"))["channels"]) == 1
+        # Adding members and opening DMs count too; a group of only oneself costs no invitation.
+        cid = await _group(s, "alone", [])
+        _limited(await s.post(f"/v1/channels/{cid}/members", {"user_ids": [ids[7]]}))
+        _limited(await s.post("/v1/channels", {"kind": "dm", "members": [ids[7]]}))
+        # Nothing was written for the refused requests.
+        assert await srv.store.inbox_head(ids[7]) == 0
+        assert len(await srv.store.all_channels()) == 3
+
+
+async def test_a_group_larger_than_the_burst_needs_a_full_bucket(db_url: str) -> None:
+    limits = {"channel_invites_per_min": 1, "channel_invites_burst": 3}
+    async with running_server(db_url, {"limits": limits}) as srv, http(srv) as api:
+        owner = await srv.user("owner")
+        others = [await srv.user(f"member{i}") for i in range(6)]
+        o = api.as_user(owner.token)
+        # Larger than the bucket: allowed once, on a full bucket, and it empties it.
+        cid = await _group(o, "big", [m.user_id for m in others])
+        assert ok(await o.get(f"/v1/channels/{cid}"))["member_count"] == 7
+        retry_after = _limited(await o.post("/v1/channels", {"kind": "group", "name": "b", "members": [others[0].user_id]}))
+        assert 50 <= retry_after <= 61  # one invitation a minute

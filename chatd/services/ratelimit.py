@@ -1,4 +1,5 @@
-"""Per-user token buckets for sends (``limits.send_rate_per_s`` / ``send_burst``).
+"""Per-user token buckets: for sends (``limits.send_rate_per_s`` / ``send_burst``),
+channel operations and the users they put into channels (``limits.channel_*``).
 
 Per node and in memory: a user spread over several nodes gets a bucket on each,
 which bounds abuse without a round trip to the database on every send.
@@ -19,17 +20,28 @@ class RateLimiter:
         self._buckets: dict[int, tuple[float, float]] = {}
         self._last_sweep = 0.0
 
-    def take(self, key: int) -> float:
-        """Take one token; returns 0.0 when allowed, else seconds until one is available."""
+    def take(self, key: int, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens; returns 0.0 when allowed, else seconds until they are available.
+
+        A cost above the bucket's size counts as a full bucket, so that one
+        large request (a big group) is possible at all, once the bucket is full.
+        """
+        cost = min(float(cost), self.burst)
         now = trio.current_time()
         self._sweep(now)
         tokens, stamp = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
+        if tokens >= cost:
+            self._buckets[key] = (tokens - cost, now)
             return 0.0
         self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self.rate
+        return (cost - tokens) / self.rate
+
+    def give_back(self, key: int, cost: float = 1.0) -> None:
+        """Return tokens taken for work that turned out not to be done."""
+        if key in self._buckets:
+            tokens, stamp = self._buckets[key]
+            self._buckets[key] = (min(self.burst, tokens + min(float(cost), self.burst)), stamp)
 
     def _sweep(self, now: float) -> None:
         if now - self._last_sweep < _FORGET_AFTER_S:
