@@ -13,13 +13,16 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
 
+from chatd.config import Config
 from tests.support import Api, ChatUser, RunningServer, http, running_server
 from tests.test_http import err, ok
 
@@ -218,3 +221,66 @@ async def test_a_group_larger_than_the_burst_needs_a_full_bucket(db_url: str) ->
         assert ok(await o.get(f"/v1/channels/{cid}"))["member_count"] == 7
         retry_after = _limited(await o.post("/v1/channels", {"kind": "group", "name": "b", "members": [others[0].user_id]}))
         assert 50 <= retry_after <= 61  # one invitation a minute
+
+
+async def _raw_exchange(stream: trio.SocketStream, buffer: bytearray, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request on a kept-alive raw connection: (status, headers, body)."""
+    await stream.send_all(request)
+    with trio.fail_after(30):
+        while b"\r\n\r\n" not in buffer:
+            chunk = await stream.receive_some(65536)
+            assert chunk, "the server closed the connection"
+            buffer += chunk
+        head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = await stream.receive_some(65536)
+            assert chunk, "the server closed the connection"
+            rest += chunk
+    buffer[:] = rest[length:]
+    return status, headers, rest[:length]
+
+
+async def test_rename_flood_on_a_raw_socket_is_cut_at_the_default_limits(db_url: str) -> None:
+    """300 renames of a 16-member group used to write 4,800 inbox events in 1.8 s."""
+    defaults = Config.defaults().limits
+    limits = {"channel_ops_per_min": defaults.channel_ops_per_min, "channel_ops_burst": defaults.channel_ops_burst}
+    async with running_server(db_url, {"limits": limits}) as srv:
+        users = [await srv.user(f"m{i}") for i in range(16)]
+        ids = [u.user_id for u in users]
+        channel, _ = await srv.store.create_group(ids[0], "flood", ids, 100)  # the admin path: no token
+        cid = channel.channel_id
+        heads = await _inbox_heads(srv, users)
+        url = urlsplit(srv.url)
+        assert url.hostname and url.port
+        stream = await trio.open_tcp_stream(url.hostname, url.port)
+        buffer = bytearray()
+        statuses: Counter[int] = Counter()
+        start = trio.current_time()
+        async with stream:
+            for i in range(300):
+                body = json.dumps({"name": f"flood {i}"}).encode()
+                request = (
+                    f"PATCH /v1/channels/{cid} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                    f"Authorization: Bearer {users[0].token}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
+                status, headers, payload = await _raw_exchange(stream, buffer, request)
+                statuses[status] += 1
+                if status == 429:
+                    assert int(headers["retry-after"]) >= 1
+                    assert headers["content-type"].startswith("application/json")
+                    assert json.loads(payload)["error"]["code"] == "rate_limited"
+                else:
+                    assert status == 200, (status, payload[:200])
+        elapsed = trio.current_time() - start
+        assert set(statuses) == {200, 429}
+        allowed = defaults.channel_ops_burst + elapsed * defaults.channel_ops_per_min / 60 + 1
+        assert statuses[200] <= allowed, (statuses, elapsed)
+        # Each accepted rename is one event per member, and only those were written.
+        after = await _inbox_heads(srv, users)
+        assert all(after[u] - heads[u] == statuses[200] for u in ids)
+        assert await srv.store.verify() == []
