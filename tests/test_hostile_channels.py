@@ -23,7 +23,7 @@ import httpx
 import trio
 
 from chatd.config import Config
-from tests.support import Api, ChatUser, RunningServer, http, running_server
+from tests.support import Api, ChatUser, RunningServer, http, open_db, running_server
 from tests.test_http import err, ok
 
 #: High enough that the concurrency test never meets the channel-op limits.
@@ -38,6 +38,19 @@ UNLIMITED: dict[str, object] = {
 async def _group(api: Api, name: str, members: list[int]) -> int:
     body = ok(await api.post("/v1/channels", {"kind": "group", "name": name, "members": members}), 201)
     return int(body["channel_id"])
+
+
+async def _deadlocks(db_url: str) -> int:
+    """PostgreSQL's count of deadlocks in this database. Read after the server
+    stopped: a backend reports its counters when it exits. It catches deadlocks
+    that an answer would hide (a refused batch of sends is retried one by one)."""
+    async with open_db(db_url, max_size=1) as db:
+
+        async def unit(conn: Any) -> int:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            return int(await conn.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"))
+
+        return await db.read(unit)
 
 
 async def _inbox_heads(srv: RunningServer, users: list[ChatUser]) -> dict[int, int]:
@@ -75,9 +88,11 @@ async def test_concurrent_channel_changes_and_sends_never_deadlock(db_url: str) 
                     members = rng.sample(ids[1:], 5)
                     body = {"kind": "group", "name": f"new{i}", "members": members}
                     nursery.start_soon(call, "create", {201}, api.post("/v1/channels", body))
-                # DMs among overlapping pairs, some of them twice.
+                # DMs among overlapping pairs, each opened from both sides at once.
                 for i in range(8):
                     a, b = users[i % 4], users[4 + i % 4]
+                    if i >= 4:
+                        a, b = b, a
                     body = {"kind": "dm", "members": [b.user_id]}
                     nursery.start_soon(call, "dm", {200, 201}, as_user(a).post("/v1/channels", body))
                 for round_ in range(4):
@@ -106,6 +121,7 @@ async def test_concurrent_channel_changes_and_sends_never_deadlock(db_url: str) 
         channels = await srv.store.all_channels()
         assert sum(1 for c in channels if c["kind"] == "dm") == 4
         assert sum(1 for c in channels if c["kind"] == "group") == 3 + 16
+    assert await _deadlocks(db_url) == 0
 
 
 async def test_concurrent_group_creations_by_one_user(db_url: str) -> None:
@@ -128,6 +144,7 @@ async def test_concurrent_group_creations_by_one_user(db_url: str) -> None:
         heads = await _inbox_heads(srv, users)
         assert set(heads.values()) == {20}
         assert await srv.store.verify() == []
+    assert await _deadlocks(db_url) == 0
 
 
 # --- rate limits -----------------------------------------------------------------------------
