@@ -15,6 +15,9 @@
 -- takes anyway, which still serialises the counter but does not conflict with
 -- KEY SHARE, so a foreign-key check elsewhere (a login's device row) never
 -- waits on, or blocks, a send.
+--
+-- chatd_send also checks membership again once it holds the channel row, so a
+-- send racing a removal of its sender is refused rather than stored.
 
 CREATE FUNCTION chatd_lock_users(p_users bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -81,4 +84,68 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     PERFORM chatd_notify_inbox(v_users, v_heads, 'w:');
+END $$;
+
+-- As in 0001, and membership is checked again once the channel row is locked:
+-- a removal commits under that lock, so a send that passed the first check
+-- while the removal was running no longer posts as a member that was removed.
+-- (chatd_send_batch locks its channels before calling this: there, the first
+-- check already sees every committed removal.)
+CREATE OR REPLACE FUNCTION chatd_send(
+    p_sender bigint, p_channel bigint, p_client_msg_id text, p_text text, p_inbox_max integer,
+    p_notify boolean DEFAULT true,
+    OUT status text, OUT channel_id bigint, OUT seq bigint, OUT created_at timestamptz,
+    OUT user_ids bigint[], OUT inbox_seqs bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_members integer;
+BEGIN
+    SELECT m.channel_id, m.seq, m.created_at INTO channel_id, seq, created_at
+    FROM messages m WHERE m.sender_id = p_sender AND m.client_msg_id = p_client_msg_id;
+    IF FOUND THEN
+        status := 'duplicate';
+        RETURN;
+    END IF;
+    PERFORM 1 FROM members mb WHERE mb.channel_id = p_channel AND mb.user_id = p_sender;
+    IF NOT FOUND THEN
+        status := 'not_member';
+        RETURN;
+    END IF;
+    UPDATE channels c SET last_seq = c.last_seq + 1 WHERE c.id = p_channel
+    RETURNING c.last_seq, c.member_count INTO seq, v_members;
+    PERFORM 1 FROM members mb WHERE mb.channel_id = p_channel AND mb.user_id = p_sender;
+    IF NOT FOUND THEN
+        -- Removed while we waited for the channel row; the seq goes back, no gap.
+        UPDATE channels c SET last_seq = c.last_seq - 1 WHERE c.id = p_channel;
+        seq := NULL;
+        status := 'not_member';
+        RETURN;
+    END IF;
+    INSERT INTO messages AS m (channel_id, seq, sender_id, client_msg_id, text)
+    VALUES (p_channel, seq, p_sender, p_client_msg_id, p_text)
+    ON CONFLICT (sender_id, client_msg_id) DO NOTHING
+    RETURNING m.created_at INTO created_at;
+    IF NOT FOUND THEN
+        -- A concurrent send of the same client_msg_id committed first (we
+        -- waited on its index entry). We still hold the channel row lock, so
+        -- giving the seq back leaves no gap.
+        UPDATE channels c SET last_seq = c.last_seq - 1 WHERE c.id = p_channel;
+        SELECT m.channel_id, m.seq, m.created_at INTO channel_id, seq, created_at
+        FROM messages m WHERE m.sender_id = p_sender AND m.client_msg_id = p_client_msg_id;
+        status := 'duplicate';
+        RETURN;
+    END IF;
+    channel_id := p_channel;
+    status := 'sent';
+    IF v_members <= p_inbox_max THEN
+        SELECT a.user_ids, a.inbox_seqs INTO user_ids, inbox_seqs
+        FROM chatd_append_inbox(chatd_recipients(p_channel), 'message', p_channel, seq, NULL, p_notify) a;
+    ELSE
+        -- A large channel: written once, not to inboxes; nodes push it live.
+        user_ids := '{}';
+        inbox_seqs := '{}';
+        IF p_notify THEN
+            PERFORM chatd_notify_channel(p_channel, seq);
+        END IF;
+    END IF;
 END $$;

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections import Counter
@@ -23,6 +24,8 @@ import httpx
 import trio
 
 from chatd.config import Config
+from chatd.db.store import SendRequest, Store
+from chatd.errors import NotMember
 from tests.support import Api, ChatUser, RunningServer, http, open_db, running_server
 from tests.test_http import err, ok
 
@@ -301,3 +304,66 @@ async def test_rename_flood_on_a_raw_socket_is_cut_at_the_default_limits(db_url:
         after = await _inbox_heads(srv, users)
         assert all(after[u] - heads[u] == statuses[200] for u in ids)
         assert await srv.store.verify() == []
+
+
+# --- a send racing the removal of its sender ------------------------------------------------
+
+_WAITERS = "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()"
+_CHANNEL_ROW_LOCKED = """
+SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+WHERE c.relname = 'channels' AND l.mode = 'RowShareLock' AND l.granted AND l.pid <> pg_backend_pid()
+"""
+
+
+async def _send_during_removal(db_url: str, batch: bool) -> None:
+    """Bob sends while a removal of bob holds the channel row (as remove_member
+    does): the send passes the first membership check, waits for the row, and
+    must then be refused, with nothing stored, once the removal commits."""
+    async with open_db(db_url, max_size=4) as db:
+        store = Store(db)
+        alice = await store.create_user("alice", "Alice", None, False)
+        bob = await store.create_user("bob", "Bob", None, False)
+        channel, _ = await store.create_group(alice.user_id, "race", [bob.user_id], 10)
+        cid = channel.channel_id
+
+        async def removal(conn: Any) -> int:
+            await conn.execute("SELECT 1 FROM channels WHERE id = $1 FOR UPDATE", cid)
+            await conn.execute("DELETE FROM members WHERE channel_id = $1 AND user_id = $2", cid, bob.user_id)
+            await conn.execute("UPDATE channels SET member_count = member_count - 1 WHERE id = $1", cid)
+            async with asyncio.timeout(20):  # until the send waits for the channel row
+                while not await conn.fetchval(_WAITERS):
+                    await asyncio.sleep(0.01)
+            return 0
+
+        outcome: list[object] = []
+
+        async def row_locked(conn: Any) -> int:
+            return int(await conn.fetchval(_CHANNEL_ROW_LOCKED))
+
+        async def send() -> None:
+            with trio.fail_after(20):  # until the removal holds the channel row
+                while not await db.read(row_locked):
+                    await trio.sleep(0.01)
+            if batch:
+                outcome.extend(await store.send_batch([SendRequest(bob.user_id, cid, "racing", "hi")], 1000))
+            else:
+                try:
+                    outcome.append(await store.send(bob.user_id, cid, "racing", "hi", 1000))
+                except NotMember as exc:
+                    outcome.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.transaction, removal)
+            nursery.start_soon(send)
+        assert len(outcome) == 1 and isinstance(outcome[0], NotMember), outcome
+        assert (await store.get_channel(cid, alice.user_id)).last_seq == 0
+        assert await store.inbox_head(alice.user_id) == 1  # "created" only
+        assert await store.verify() == []
+
+
+async def test_a_send_racing_its_senders_removal_is_refused(db_url: str) -> None:
+    await _send_during_removal(db_url, batch=False)
+
+
+async def test_a_batched_send_racing_its_senders_removal_is_refused(db_url: str) -> None:
+    await _send_during_removal(db_url, batch=True)
