@@ -71,6 +71,10 @@ class ChatdServer:
             CHATD_DATA_DIR=str(self.workdir / "var"),
             CHATD_LIMITS_SEND_RATE_PER_S=UNLIMITED_RATE,
             CHATD_LIMITS_SEND_BURST=UNLIMITED_RATE,
+            CHATD_LIMITS_CHANNEL_OPS_PER_MIN=UNLIMITED_RATE,
+            CHATD_LIMITS_CHANNEL_OPS_BURST=UNLIMITED_RATE,
+            CHATD_LIMITS_CHANNEL_INVITES_PER_MIN=UNLIMITED_RATE,
+            CHATD_LIMITS_CHANNEL_INVITES_BURST=UNLIMITED_RATE,
         )
         env.update(self.extra_env)
         nofile = self.nofile

@@ -137,6 +137,10 @@ KEYS: tuple[Key, ...] = (
     Key("limits", "media_max_bytes", int, 10485760, _positive),
     Key("limits", "send_rate_per_s", float, 20.0, _positive),
     Key("limits", "send_burst", int, 40, _positive),
+    Key("limits", "channel_ops_per_min", float, 30.0, _positive),
+    Key("limits", "channel_ops_burst", int, 10, _positive),
+    Key("limits", "channel_invites_per_min", float, 120.0, _positive),
+    Key("limits", "channel_invites_burst", int, 200, _positive),
     Key("fanout", "inbox_max_members", int, 1000, _positive),
     Key("receipts", "fanout_max_members", int, 50, _positive),
     Key("presence", "timeout_s", int, 60, _positive),
@@ -220,7 +224,8 @@ class DatabaseConfig:
 
 @attrs.frozen(kw_only=True)
 class LimitsConfig:
-    """``[limits]``: sizes and the per-user send rate (token bucket)."""
+    """``[limits]``: sizes, and the per-user rates (token buckets) of sends,
+    channel operations, and users put into channels by someone else."""
 
     max_frame_bytes: int
     max_text_chars: int
@@ -228,6 +233,10 @@ class LimitsConfig:
     media_max_bytes: int
     send_rate_per_s: float
     send_burst: int
+    channel_ops_per_min: float
+    channel_ops_burst: int
+    channel_invites_per_min: float
+    channel_invites_burst: int
 
     @classmethod
     def from_values(cls, values: _Values) -> LimitsConfig:
@@ -238,6 +247,10 @@ class LimitsConfig:
             media_max_bytes=values.get("limits.media_max_bytes", int),
             send_rate_per_s=values.get("limits.send_rate_per_s", float),
             send_burst=values.get("limits.send_burst", int),
+            channel_ops_per_min=values.get("limits.channel_ops_per_min", float),
+            channel_ops_burst=values.get("limits.channel_ops_burst", int),
+            channel_invites_per_min=values.get("limits.channel_invites_per_min", float),
+            channel_invites_burst=values.get("limits.channel_invites_burst", int),
         )
 
 

@@ -76,7 +76,13 @@ class Services:
             store=store,
             hub=hub,
             auth=AuthService(store, hub),
-            channels=ChannelService(store, hub, max_group_members=config.limits.max_group_members),
+            channels=ChannelService(
+                store,
+                hub,
+                max_group_members=config.limits.max_group_members,
+                ops=RateLimiter(config.limits.channel_ops_per_min / 60, config.limits.channel_ops_burst),
+                invites=RateLimiter(config.limits.channel_invites_per_min / 60, config.limits.channel_invites_burst),
+            ),
             messages=MessageService(
                 store,
                 hub,

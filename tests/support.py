@@ -30,8 +30,15 @@ def make_config(db_url: str, overrides: Mapping[str, Mapping[str, object]] | Non
         "node_name": "test-node",
         "server": {"host": "127.0.0.1", "port": 0},
         "database": {"url": db_url, "pool_min": 1, "pool_max": 8},
-        # Tests send fast; the rate limit has its own test.
-        "limits": {"send_rate_per_s": 100000, "send_burst": 100000},
+        # Tests send and change channels fast; the rate limits have their own tests.
+        "limits": {
+            "send_rate_per_s": 100000,
+            "send_burst": 100000,
+            "channel_ops_per_min": 1000000,
+            "channel_ops_burst": 100000,
+            "channel_invites_per_min": 1000000,
+            "channel_invites_burst": 100000,
+        },
     }
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)

@@ -63,6 +63,8 @@ def test_defaults() -> None:
     assert config.limits.media_max_bytes == 10485760
     assert config.limits.send_rate_per_s == 20
     assert config.limits.send_burst == 40
+    assert (config.limits.channel_ops_per_min, config.limits.channel_ops_burst) == (30.0, 10)
+    assert (config.limits.channel_invites_per_min, config.limits.channel_invites_burst) == (120.0, 200)
     assert config.fanout.inbox_max_members == 1000
     assert config.receipts.fanout_max_members == 50
     assert config.presence.timeout_s == 60

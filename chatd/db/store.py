@@ -9,6 +9,12 @@ classes of :mod:`chatd.models`.
 Who receives a channel's events is decided in one place, the SQL function
 ``chatd_recipients`` (migrations/0001_init.sql); inbox rows are appended only
 by ``chatd_append_inbox``, which locks the users' counter rows in id order.
+
+Lock order, in every transaction that changes a channel or sends into one
+(migrations/0003_channel_locks.sql): the channel row, then every user row the
+transaction will touch, by id (``chatd_lock_users``), before anything is
+inserted, because each foreign key to ``users`` also locks the user's row. A
+channel being created is new: no one else can wait for its row.
 """
 
 from __future__ import annotations
@@ -101,6 +107,7 @@ UPDATE channels SET member_count = (SELECT count(*) FROM members WHERE channel_i
 WHERE id = $1
 """
 _RENAME = "UPDATE channels SET name = $2 WHERE id = $1"
+_LOCK_USERS = "SELECT chatd_lock_users($1::bigint[])"
 _RECIPIENTS = "SELECT chatd_recipients($1)"
 _APPEND_INBOX = "SELECT user_ids, inbox_seqs FROM chatd_append_inbox($1::bigint[], $2, $3, $4, $5::jsonb)"
 _ALL_CHANNELS = """
@@ -421,6 +428,7 @@ class Store:
 
         async def unit(conn: Connection) -> tuple[Channel, tuple[InboxAdvance, ...]]:
             await _require_users(conn, members)
+            await conn.execute(_LOCK_USERS, members)
             channel_id = await conn.fetchval(_INSERT_CHANNEL, "group", name, creator, None)
             return await self._populate(conn, channel_id, creator, members, name)
 
@@ -436,10 +444,14 @@ class Store:
         key = f"{low}:{high}"
 
         async def unit(conn: Connection) -> tuple[Channel, bool, tuple[InboxAdvance, ...]]:
-            await _require_users(conn, [other])
-            channel_id = await conn.fetchval(_INSERT_CHANNEL, "dm", None, creator, key)
-            if channel_id is None:
-                existing = await conn.fetchval(_DM_BY_KEY, key)
+            existing = await conn.fetchval(_DM_BY_KEY, key)
+            if existing is None:
+                await _require_users(conn, [other])
+                await conn.execute(_LOCK_USERS, [low, high])
+                channel_id = await conn.fetchval(_INSERT_CHANNEL, "dm", None, creator, key)
+                if channel_id is None:  # created by a transaction that committed meanwhile
+                    existing = await conn.fetchval(_DM_BY_KEY, key)
+            if existing is not None:
                 return await self._channel_for(conn, existing, creator, with_members=True), False, ()
             channel, advances = await self._populate(conn, channel_id, creator, [low, high], None)
             return channel, True, advances
@@ -449,7 +461,8 @@ class Store:
     async def _populate(
         self, conn: Connection, channel_id: int, creator: int, members: Sequence[int], name: str | None
     ) -> tuple[Channel, tuple[InboxAdvance, ...]]:
-        await conn.fetchrow(_LOCK_CHANNEL, channel_id)
+        # The channel is new (its row invisible to others) and the members'
+        # rows are already locked, in order, by the caller.
         await conn.fetch(_INSERT_MEMBERS, channel_id, list(members))
         await conn.execute(_COUNT_MEMBERS, channel_id)
         recipients = await conn.fetchval(_RECIPIENTS, channel_id)
@@ -513,6 +526,9 @@ class Store:
             if channel["kind"] != "group":
                 raise Invalid("members cannot be added to a direct message")
             await _require_users(conn, user_ids)
+            # Every member learns of the addition: lock them all, and the added, in id order.
+            current = [r["user_id"] for r in await conn.fetch(_MEMBER_IDS, channel_id)]
+            await conn.execute(_LOCK_USERS, sorted(set(current) | set(user_ids)))
             added = sorted(r["user_id"] for r in await conn.fetch(_INSERT_MEMBERS, channel_id, list(user_ids)))
             await conn.execute(_COUNT_MEMBERS, channel_id)
             if channel["member_count"] + len(added) > max_members:
@@ -543,6 +559,7 @@ class Store:
                 raise Forbidden("only the creator or an admin may remove others")
             # Recipients before the removal: the removed user learns it too.
             recipients = await conn.fetchval(_RECIPIENTS, channel_id)
+            await conn.execute(_LOCK_USERS, recipients)
             if await conn.fetchval(_DELETE_MEMBER, channel_id, user_id) is None:
                 raise NotFound("not a member of this channel")
             await conn.execute(_COUNT_MEMBERS, channel_id)

@@ -1,5 +1,7 @@
-"""Token buckets: per-user limits (sends, control frames) and the arithmetic they share.
+"""Token buckets: per-user limits and the arithmetic they share.
 
+For sends (``limits.send_rate_per_s`` / ``send_burst``), channel operations and
+the users they put into channels (``limits.channel_*``), and control frames.
 Per node and in memory: a user spread over several nodes gets a bucket on each,
 which bounds abuse without a round trip to the database on every frame.
 """
@@ -12,16 +14,18 @@ import trio
 _FORGET_AFTER_S = 600.0
 
 
-def take_token(tokens: float, stamp: float, now: float, rate: float, burst: float) -> tuple[float, float]:
-    """Refill a bucket holding ``tokens`` at ``stamp`` up to ``now`` and take one.
+def take_token(
+    tokens: float, stamp: float, now: float, rate: float, burst: float, cost: float = 1.0
+) -> tuple[float, float]:
+    """Refill a bucket holding ``tokens`` at ``stamp`` up to ``now`` and take ``cost``.
 
-    Returns ``(tokens left, wait)``: ``wait`` is 0.0 when the token was taken, else
-    the seconds until one is available (and nothing was taken).
+    Returns ``(tokens left, wait)``: ``wait`` is 0.0 when the tokens were taken,
+    else the seconds until they are available (and nothing was taken).
     """
     tokens = min(burst, tokens + (now - stamp) * rate)
-    if tokens >= 1.0:
-        return tokens - 1.0, 0.0
-    return tokens, (1.0 - tokens) / rate
+    if tokens >= cost:
+        return tokens - cost, 0.0
+    return tokens, (cost - tokens) / rate
 
 
 class RateLimiter:
@@ -31,14 +35,25 @@ class RateLimiter:
         self._buckets: dict[int, tuple[float, float]] = {}
         self._last_sweep = 0.0
 
-    def take(self, key: int) -> float:
-        """Take one token; returns 0.0 when allowed, else seconds until one is available."""
+    def take(self, key: int, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens; returns 0.0 when allowed, else seconds until they are available.
+
+        A cost above the bucket's size counts as a full bucket, so that one
+        large request (a big group) is possible at all, once the bucket is full.
+        """
+        cost = min(float(cost), self.burst)
         now = trio.current_time()
         self._sweep(now)
         tokens, stamp = self._buckets.get(key, (self.burst, now))
-        tokens, wait = take_token(tokens, stamp, now, self.rate, self.burst)
+        tokens, wait = take_token(tokens, stamp, now, self.rate, self.burst, cost)
         self._buckets[key] = (tokens, now)
         return wait
+
+    def give_back(self, key: int, cost: float = 1.0) -> None:
+        """Return tokens taken for work that turned out not to be done."""
+        if key in self._buckets:
+            tokens, stamp = self._buckets[key]
+            self._buckets[key] = (min(self.burst, tokens + min(float(cost), self.burst)), stamp)
 
     def _sweep(self, now: float) -> None:
         if now - self._last_sweep < _FORGET_AFTER_S:
