@@ -84,11 +84,11 @@ class AuthService:
         self.hub = hub
         self.token_ttl_days = token_ttl_days
         self.throttle = LoginThrottle(login_attempts_per_min)
-        self._hash_slots = trio.Semaphore(hash_slots)
+        self.hash_slots = trio.Semaphore(hash_slots)
 
     async def hash_password(self, password: str) -> str:
         check_password(password)
-        async with self._hash_slots:
+        async with self.hash_slots:
             return await trio.to_thread.run_sync(_hasher.hash, password)
 
     async def login(
@@ -109,7 +109,7 @@ class AuthService:
             raise Unauthorized("bad credentials")
         found = await self.store.user_credentials(username)
         stored = found[1] if found else None
-        async with self._hash_slots:
+        async with self.hash_slots:
             self._check_throttle(keys)  # failures counted while this login queued
             ok = await trio.to_thread.run_sync(_verify, stored, password)
         if found is None or not ok or found[0].disabled:

@@ -166,7 +166,7 @@ class WsprotoEndpoint:
             return
         _, _, query = request.target.partition("?")
         scope = {
-            "headers": list(request.extra_headers),
+            "headers": [*request.extra_headers, (b"host", request.host.encode("utf-8"))],  # wsproto keeps Host apart
             "query_string": query.encode("latin-1", "replace"),
             "subprotocols": request.subprotocols,
         }
