@@ -32,7 +32,7 @@ from chatd.db.bridge import Connection
 from chatd.db.store import Store
 from chatd.hub import Hub
 from chatd.services import auth as auth_module
-from chatd.services.auth import HASH_SLOTS, AuthService, hash_password_sync
+from chatd.services.auth import HASH_SLOTS, MAX_LOGINS_QUEUED, AuthService, hash_password_sync
 from tests.processes import serving
 from tests.support import RunningServer, open_db, running_server, ws_client
 from tests.test_cli import chatd
@@ -285,6 +285,38 @@ async def test_concurrent_wrong_logins_stop_at_the_limit(db_url: str) -> None:
         # Failures are counted as hashes finish; a login re-checks after waiting for a slot.
         assert 10 <= statuses.count(401) <= 10 + HASH_SLOTS, statuses
         assert srv.services.auth.throttle.retry_after([("user", "erin")]) > 0
+
+
+async def test_logins_waiting_for_argon2_are_bounded(db_url: str) -> None:
+    """With every slot busy, at most MAX_LOGINS_QUEUED logins wait; the next is 429 at once."""
+    async with running_server(db_url) as srv:
+        await srv.user("frank", password="frank-password")
+        auth = srv.services.auth
+        statuses: list[int] = []
+
+        async def login(i: int) -> None:
+            resp = await raw_login(srv.url, f"user{i}", "x", source=f"127.0.1.{i % 200 + 1}")
+            statuses.append(resp.status)
+
+        held = await _hold_hash_slots(srv)
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(MAX_LOGINS_QUEUED):
+                    nursery.start_soon(login, i)
+                with trio.fail_after(30):
+                    while auth._logins_queued < MAX_LOGINS_QUEUED:  # a condition, polled
+                        await trio.sleep(0.01)
+                over = await raw_login(srv.url, "frank", "frank-password", source="127.0.2.1", timeout=10)
+                assert retry_after(over) == 1
+                for slots in held:
+                    slots.release()
+                held = []
+        finally:
+            for slots in held:
+                slots.release()
+        assert sorted(statuses) == [401] * MAX_LOGINS_QUEUED
+        ok = await raw_login(srv.url, "frank", "frank-password", source="127.0.2.1")
+        assert ok.status == 200, ok
 
 
 # --- finding 7: revocation ends a long-poll that is already waiting ------------------------

@@ -9,7 +9,8 @@ stall the event loop.
 Each argon2 run allocates its 64 MiB memory cost, so at most
 :data:`HASH_SLOTS` run at once: a flood of logins queues behind them instead
 of growing the process by 64 MiB per request (50 concurrent wrong passwords
-once took it from 51 MiB to 2.3 GiB). Failed logins are throttled per
+once took it from 51 MiB to 2.3 GiB), and at most :data:`MAX_LOGINS_QUEUED`
+wait (more are answered 429 at once). Failed logins are throttled per
 username and per client address (:mod:`chatd.services.login_throttle`), and
 a throttled login is refused before any argon2 work, also after it waited
 for a slot.
@@ -40,6 +41,8 @@ _DUMMY_HASH = _hasher.hash("chatd-no-such-user")
 MAX_PASSWORD_CHARS = 1024
 #: argon2 runs at once per process: each takes 64 MiB (and 4 lanes of CPU).
 HASH_SLOTS = max(1, min(2, os.cpu_count() or 1))
+#: Logins that may wait for a slot; more at once are refused at once (429).
+MAX_LOGINS_QUEUED = 64
 MAX_DEVICE_NAME_CHARS = 100
 
 
@@ -85,6 +88,7 @@ class AuthService:
         self.token_ttl_days = token_ttl_days
         self.throttle = LoginThrottle(login_attempts_per_min)
         self.hash_slots = trio.Semaphore(hash_slots)
+        self._logins_queued = 0
 
     async def hash_password(self, password: str) -> str:
         check_password(password)
@@ -109,9 +113,18 @@ class AuthService:
             raise Unauthorized("bad credentials")
         found = await self.store.user_credentials(username)
         stored = found[1] if found else None
-        async with self.hash_slots:
+        if self._logins_queued >= MAX_LOGINS_QUEUED:
+            raise RateLimited("too many logins in progress; try again later", 1.0)
+        self._logins_queued += 1
+        try:
+            await self.hash_slots.acquire()
+        finally:
+            self._logins_queued -= 1
+        try:
             self._check_throttle(keys)  # failures counted while this login queued
             ok = await trio.to_thread.run_sync(_verify, stored, password)
+        finally:
+            self.hash_slots.release()
         if found is None or not ok or found[0].disabled:
             self.throttle.failed(keys)
             raise Unauthorized("bad credentials")
