@@ -203,7 +203,7 @@ def cmd_user(config: Config, args: argparse.Namespace) -> None:
         elif args.action == "passwd":
             assert password_hash is not None
             await store.set_password(args.name, password_hash)
-            print(f"password of {args.name} changed")
+            print(f"password of {args.name} changed; its tokens are revoked")
 
     run_with_db(config, body)
 

@@ -40,6 +40,7 @@ __all__ = [
     "PresenceConfig",
     "PushConfig",
     "ReceiptsConfig",
+    "SecurityConfig",
     "ServerConfig",
     "config_from_mapping",
     "load_config",
@@ -50,6 +51,10 @@ DEFAULT_PATHS: tuple[Path, ...] = (Path("chatd.toml"), Path("/etc/chatd/chatd.to
 ENV_PREFIX = "CHATD_"
 
 Scalar = str | int | float | bool
+Strings = tuple[str, ...]
+"""A list-of-strings key's value: a TOML array of strings, or a comma-separated
+environment variable; kept as a tuple so the frozen classes stay immutable."""
+Value = Scalar | Strings
 Check = Callable[[Any], str | None]
 """A range check, given a value of its key's type (already type-checked):
 returns a complaint ("must be greater than 0, got 0") or None."""
@@ -89,6 +94,26 @@ def _not_empty(value: str) -> str | None:
     return None if value != "" else "must not be empty"
 
 
+def _not_negative(value: float) -> str | None:
+    """For counts where 0 means "off" (``security.token_ttl_days``)."""
+    return None if value >= 0 else f"must be 0 or more, got {value!r}"
+
+
+def _origins(values: Strings) -> str | None:
+    """``*``, or origins as browsers send them: ``scheme://host[:port]``, no path.
+
+    A trailing slash or a path would never equal an ``Origin`` header, so such
+    an entry is a mistake worth stopping the start for.
+    """
+    for value in values:
+        if value == "*":
+            continue
+        scheme, sep, rest = value.partition("://")
+        if not sep or not scheme or not rest or any(c in rest for c in "/?#") or any(c.isspace() for c in value):
+            return f"must be \"*\" or origins like \"https://chat.example.com\", got {value!r}"
+    return None
+
+
 # --- the table ----------------------------------------------------------------
 
 
@@ -97,13 +122,14 @@ class Key:
     """One configuration key: where it lives, its type, default and range check.
 
     ``section`` is ``""`` for top-level keys. ``kind`` is the Python type of
-    the value; ``float`` keys also accept TOML integers and store a float.
+    the value; ``float`` keys also accept TOML integers and store a float;
+    ``tuple`` keys are lists of strings (see :data:`Strings`).
     """
 
     section: str
     name: str
-    kind: type[str] | type[int] | type[float] | type[bool]
-    default: Scalar
+    kind: type[str] | type[int] | type[float] | type[bool] | type[tuple[str, ...]]
+    default: Value
     check: Check | None = None
 
     @property
@@ -145,6 +171,9 @@ KEYS: tuple[Key, ...] = (
     Key("receipts", "fanout_max_members", int, 50, _positive),
     Key("presence", "timeout_s", int, 60, _positive),
     Key("push", "include_preview", bool, True),
+    Key("security", "allowed_origins", tuple, (), _origins),
+    Key("security", "login_attempts_per_min", int, 10, _positive),
+    Key("security", "token_ttl_days", int, 0, _not_negative),
 )
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in KEYS if k.section))
@@ -164,12 +193,18 @@ class _Values:
     instead of being built with ``Cls(**mapping)``.
     """
 
-    by_key: Mapping[str, Scalar]
+    by_key: Mapping[str, Value]
 
     def get(self, dotted: str, kind: type[_T]) -> _T:
         value = self.by_key[dotted]
         if not isinstance(value, kind):  # unreachable once _check_type ran
             raise TypeError(f"{dotted}: {value!r} is not {kind.__name__}")
+        return value
+
+    def strings(self, dotted: str) -> Strings:
+        value = self.by_key[dotted]
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"{dotted}: {value!r} is not a tuple of strings")
         return value
 
 
@@ -299,6 +334,23 @@ class PushConfig:
 
 
 @attrs.frozen(kw_only=True)
+class SecurityConfig:
+    """``[security]``: browser origins, login throttling, token lifetime."""
+
+    allowed_origins: Strings
+    login_attempts_per_min: int
+    token_ttl_days: int
+
+    @classmethod
+    def from_values(cls, values: _Values) -> SecurityConfig:
+        return cls(
+            allowed_origins=values.strings("security.allowed_origins"),
+            login_attempts_per_min=values.get("security.login_attempts_per_min", int),
+            token_ttl_days=values.get("security.token_ttl_days", int),
+        )
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """The whole configuration, as loaded.
 
@@ -317,6 +369,7 @@ class Config:
     receipts: ReceiptsConfig
     presence: PresenceConfig
     push: PushConfig
+    security: SecurityConfig
 
     @classmethod
     def from_values(cls, values: _Values) -> Config:
@@ -332,6 +385,7 @@ class Config:
             receipts=ReceiptsConfig.from_values(values),
             presence=PresenceConfig.from_values(values),
             push=PushConfig.from_values(values),
+            security=SecurityConfig.from_values(values),
         )
 
     @classmethod
@@ -352,7 +406,7 @@ def default_node_name() -> str:
 class _Setting:
     """A typed value and where it came from, for error messages."""
 
-    value: Scalar
+    value: Value
     where: str
 
 
@@ -433,6 +487,8 @@ def _typed_setting(key: Key, value: object) -> _Setting:
         return _Setting(value, where)
     elif isinstance(value, str) and key.kind is str:
         return _Setting(value, where)
+    elif isinstance(value, list) and key.kind is tuple and all(isinstance(v, str) for v in value):
+        return _Setting(tuple(value), where)
     raise ConfigError(f"config: {where}: expected {_describe(key)}, got {_show(value)}")
 
 
@@ -467,6 +523,8 @@ def _env_setting(key: Key, var: str, raw: str) -> _Setting:
     complaint = f"config: {where}: expected {_describe(key)}, got {raw!r}"
     if key.kind is str:
         return _Setting(raw, where)
+    if key.kind is tuple:  # comma-separated; blanks around items and empty items dropped
+        return _Setting(tuple(item.strip() for item in raw.split(",") if item.strip()), where)
     if key.kind is bool:
         word = raw.strip().lower()
         if word not in _TRUE | _FALSE:
@@ -518,6 +576,7 @@ def _describe(key: Key) -> str:
         int: "an integer",
         float: "a finite number",  # nan and inf are no sensible timeout or rate
         bool: "a boolean (true/false)",
+        tuple: "a list of strings",
     }[key.kind]
 
 

@@ -36,6 +36,7 @@ from chatd.services.ratelimit import RateLimiter
 from chatd.services.writer import SendWriter
 from chatd.web import listener
 from chatd.web.http_api import build_http_app
+from chatd.web.origins import OriginPolicy
 from chatd.web.ws_endpoint import WebSocketEndpoint
 from chatd.web.ws_wsproto import WsprotoEndpoint
 from chatd.ws.session import Session, SessionSettings
@@ -75,7 +76,12 @@ class Services:
         return cls(
             store=store,
             hub=hub,
-            auth=AuthService(store, hub),
+            auth=AuthService(
+                store,
+                hub,
+                login_attempts_per_min=config.security.login_attempts_per_min,
+                token_ttl_days=config.security.token_ttl_days,
+            ),
             channels=ChannelService(
                 store,
                 hub,
@@ -143,6 +149,7 @@ class Server:
 
     def _asgi_app(self, services: Services) -> Any:
         cfg = self.config
+        origins = OriginPolicy(cfg.security.allowed_origins)
         http_app = build_http_app(
             auth=services.auth,
             channels=services.channels,
@@ -150,6 +157,7 @@ class Server:
             inbox=services.inbox,
             ready=self._ready,
             max_group_members=cfg.limits.max_group_members,
+            origins=origins,
         )
         settings = SessionSettings(
             node=cfg.node_name,
@@ -170,8 +178,10 @@ class Server:
                 control=services.control,
             )
 
-        ws = WebSocketEndpoint(services.auth.authenticate, make_session)
-        self._ws_fast = WsprotoEndpoint(services.auth.authenticate, make_session, cfg.limits.max_frame_bytes)
+        ws = WebSocketEndpoint(services.auth.authenticate, make_session, origins)
+        self._ws_fast = WsprotoEndpoint(
+            services.auth.authenticate, make_session, cfg.limits.max_frame_bytes, origins
+        )
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "websocket":

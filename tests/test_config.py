@@ -69,6 +69,9 @@ def test_defaults() -> None:
     assert config.receipts.fanout_max_members == 50
     assert config.presence.timeout_s == 60
     assert config.push.include_preview is True
+    assert config.security.allowed_origins == ()
+    assert config.security.login_attempts_per_min == 10
+    assert config.security.token_ttl_days == 0
 
 
 def test_node_name_default_contains_pid() -> None:
@@ -123,7 +126,8 @@ def test_shipped_file_lists_every_key() -> None:
     for key in KEYS:
         table = data[key.section] if key.section else data
         assert key.name in table, f"{key.dotted} missing from chatd.toml"
-        assert table[key.name] == key.default, key.dotted
+        default = list(key.default) if isinstance(key.default, tuple) else key.default
+        assert table[key.name] == default, key.dotted
 
 
 def test_shipped_file_comments_every_key() -> None:
@@ -157,6 +161,9 @@ embedded_tcp_port = 5433
 send_rate_per_s = 2.5
 [push]
 include_preview = false
+[security]
+allowed_origins = ["https://chat.example.com", "*"]
+token_ttl_days = 30
 """,
     )
     config = load_config(path, environ={})
@@ -174,6 +181,8 @@ include_preview = false
     assert config.limits.send_rate_per_s == 2.5
     assert config.limits.send_burst == 40  # untouched keys keep their default
     assert config.push.include_preview is False
+    assert config.security.allowed_origins == ("https://chat.example.com", "*")
+    assert config.security.token_ttl_days == 30
 
 
 def test_data_path_resolved_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,6 +255,25 @@ def test_env_float_and_int_for_float() -> None:
     assert config.server.drain_timeout_s == 2.0
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("https://a.example.com", ("https://a.example.com",)),
+        (" https://a.example.com , http://b.example.com:8080,", ("https://a.example.com", "http://b.example.com:8080")),
+        ("*", ("*",)),
+        ("", ()),
+    ],
+)
+def test_env_list_of_strings_is_comma_separated(raw: str, expected: tuple[str, ...]) -> None:
+    config = load_config(environ={"CHATD_SECURITY_ALLOWED_ORIGINS": raw}, path=None)
+    assert config.security.allowed_origins == expected
+
+
+def test_env_list_of_strings_range_error_names_variable() -> None:
+    with refused(r"^config: CHATD_SECURITY_ALLOWED_ORIGINS \(security\.allowed_origins\): must be \"\*\" or origins"):
+        load_config(environ={"CHATD_SECURITY_ALLOWED_ORIGINS": "https://a.example.com/app"}, path=None)
+
+
 def test_env_other_chatd_variables_ignored() -> None:
     config = load_config(
         environ={"CHATD_TEST_DATABASE_URL": "postgresql://x", "CHATD_DATABASE": "x", "HOME": "/"},
@@ -313,6 +341,8 @@ def test_section_must_be_a_table() -> None:
         ({"limits": {"send_rate_per_s": False}}, "limits.send_rate_per_s", "a finite number", "False"),
         ({"database": {"url": 5}}, "database.url", "a string", "5"),
         ({"data_dir": ["a"]}, "data_dir", "a string", r"\['a'\]"),
+        ({"security": {"allowed_origins": "*"}}, "security.allowed_origins", "a list of strings", "'\\*'"),
+        ({"security": {"allowed_origins": ["a", 1]}}, "security.allowed_origins", "a list of strings", r"\['a', 1\]"),
     ],
 )
 def test_wrong_type_names_key(data: dict[str, object], key: str, expected: str, got: str) -> None:
@@ -341,6 +371,10 @@ def test_wrong_type_names_key(data: dict[str, object], key: str, expected: str, 
         ({"fanout": {"inbox_max_members": 0}}, "fanout.inbox_max_members"),
         ({"receipts": {"fanout_max_members": 0}}, "receipts.fanout_max_members"),
         ({"presence": {"timeout_s": 0}}, "presence.timeout_s"),
+        ({"security": {"allowed_origins": ["https://a.example.com/"]}}, "security.allowed_origins"),
+        ({"security": {"allowed_origins": ["a.example.com"]}}, "security.allowed_origins"),
+        ({"security": {"login_attempts_per_min": 0}}, "security.login_attempts_per_min"),
+        ({"security": {"token_ttl_days": -1}}, "security.token_ttl_days"),
     ],
 )
 def test_range_error_names_key(data: dict[str, object], key: str) -> None:

@@ -68,6 +68,7 @@ _AUTHENTICATE = """
 SELECT d.id AS device_id, u.id AS user_id, u.is_admin, u.inbox_head
 FROM devices d JOIN users u ON u.id = d.user_id
 WHERE d.token_hash = $1 AND d.revoked_at IS NULL AND NOT u.disabled
+  AND ($2::integer = 0 OR d.created_at > now() - make_interval(days => $2::integer))
 """
 _REVOKE_DEVICE = "UPDATE devices SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL"
 #: Every node closes the live connections of a revoked device or user (chatd.hints).
@@ -386,12 +387,21 @@ class Store:
             raise NotFound(f"no such user: {username}")
         return user_id
 
-    async def set_password(self, username: str, password_hash: str) -> None:
-        async def unit(conn: Connection) -> Any:
-            return await conn.fetchval(_SET_PASSWORD, username, password_hash)
+    async def set_password(self, username: str, password_hash: str) -> int:
+        """Set the password and revoke every token of the user (a leaked
+        password's sessions must not outlive the change); returns its id."""
 
-        if await self.db.transaction(unit) is None:
+        async def unit(conn: Connection) -> int | None:
+            user_id = await conn.fetchval(_SET_PASSWORD, username, password_hash)
+            if user_id is not None:
+                await conn.execute(_REVOKE_USER_DEVICES, user_id)
+                await conn.execute(_NOTIFY_REVOKED, f"u:{user_id}")
+            return user_id  # type: ignore[no-any-return]
+
+        user_id = await self.db.transaction(unit)
+        if user_id is None:
             raise NotFound(f"no such user: {username}")
+        return user_id
 
     # --- devices and tokens ---------------------------------------------------------
 
@@ -401,9 +411,12 @@ class Store:
 
         return await self.db.transaction(unit)
 
-    async def authenticate(self, token_hash: bytes) -> Principal | None:
+    async def authenticate(self, token_hash: bytes, ttl_days: int = 0) -> Principal | None:
+        """The token's principal; None when unknown, revoked, of a disabled
+        user, or (``ttl_days`` > 0) issued more than ``ttl_days`` days ago."""
+
         async def unit(conn: Connection) -> Any:
-            return await conn.fetchrow(_AUTHENTICATE, token_hash)
+            return await conn.fetchrow(_AUTHENTICATE, token_hash, ttl_days)
 
         record = await self.db.read(unit)
         if record is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, TooLarge, Unauthorized
 from chatd.models import Channel, Principal
@@ -25,12 +25,17 @@ from chatd.services.channels import ChannelService
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.web import params
+from chatd.web.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
 MAX_SYNC_TIMEOUT_MS = 60_000
 SYNC_PAGE_MAX = 1000
+#: What a CORS preflight allows (every method and request header the API uses).
+CORS_METHODS = "GET, POST, PATCH, DELETE"
+CORS_HEADERS = "Authorization, Content-Type"
+CORS_MAX_AGE_S = "600"
 
 
 def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -69,7 +74,9 @@ def build_http_app(
     inbox: InboxService,
     ready: Callable[[], Awaitable[bool]],
     max_group_members: int,
+    origins: OriginPolicy | None = None,
 ) -> QuartTrio:
+    policy = origins or OriginPolicy()
     app = QuartTrio("chatd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -89,6 +96,43 @@ def build_http_app(
             response.headers["Connection"] = "close"
         return response
 
+    @app.before_request
+    async def cors_preflight() -> Response | None:
+        """Answer a browser's CORS preflight (``OPTIONS`` + ``Origin`` +
+        ``Access-Control-Request-Method``) on an existing path: 204 with what
+        the API allows for an allowed origin, 403 without CORS headers for
+        any other. A plain ``OPTIONS`` stays 405."""
+        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            return None
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None
+        exc = request.routing_exception
+        if exc is not None and not isinstance(exc, MethodNotAllowed):
+            return None  # an unknown path: its 404
+        if not policy.allows(origin, request.headers.get("Host")):
+            return error_response("forbidden", "origin not allowed", 403)
+        return Response(
+            "",
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers": CORS_HEADERS,
+                "Access-Control-Max-Age": CORS_MAX_AGE_S,
+            },
+        )
+
+    @app.after_request
+    async def cors_headers(response: Response) -> Response:
+        """Let an allowed origin's page read the answer (errors included)."""
+        response.vary.add("Origin")
+        origin = request.headers.get("Origin")
+        if origin is not None and policy.allows(origin, request.headers.get("Host")):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+        return response
+
     @app.errorhandler(ChatdError)
     async def on_chatd_error(exc: ChatdError) -> Response:
         headers = {}
@@ -106,12 +150,21 @@ def build_http_app(
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response("internal", "internal server error", 500)
 
-    async def principal() -> Principal:
+    def bearer() -> str:
         header = request.headers.get("Authorization", "")
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing bearer token")
-        return await auth.authenticate(token.strip())
+        return token.strip()
+
+    async def principal() -> Principal:
+        return await auth.authenticate(bearer())
+
+    def client_address() -> str | None:
+        """The socket's peer address: behind a reverse proxy, the proxy's
+        (``X-Forwarded-For`` is not trusted: any client can send it)."""
+        client = request.scope.get("client")
+        return str(client[0]) if client else None
 
     async def body() -> Any:
         try:
@@ -147,7 +200,7 @@ def build_http_app(
         password = params.string(data, "password", max_len=1024)
         device_name = params.string(data, "device_name", max_len=100)
         assert username is not None and password is not None and device_name is not None
-        token, user, device_id = await auth.login(username, password, device_name)
+        token, user, device_id = await auth.login(username, password, device_name, client_address())
         return ok({"token": token, "user_id": user.user_id, "device_id": device_id})
 
     @app.post("/v1/logout")
@@ -252,12 +305,17 @@ def build_http_app(
 
     @app.get("/v1/sync")
     async def sync() -> Response:
-        who = await principal()
+        token = bearer()
+        who = await auth.authenticate(token)
         after = params.query_int(request.args, "after", default=0, low=0, high=params.MAX_ID)
         limit = params.query_int(request.args, "limit", default=100, low=1, high=SYNC_PAGE_MAX)
         timeout_ms = params.query_int(request.args, "timeout_ms", default=0, low=0, high=MAX_SYNC_TIMEOUT_MS)
         assert after is not None and limit is not None and timeout_ms is not None
         events = await inbox.long_poll(who.user_id, after, limit, timeout_ms / 1000)
+        if timeout_ms > 0:
+            # The token may have been revoked (logout, user disabled, passwd)
+            # while this poll waited: events committed since must not leave.
+            await auth.authenticate(token)
         cursor = events[-1].inbox_seq if events else after
         return ok({"events": [e.to_json() for e in events], "cursor": cursor})
 

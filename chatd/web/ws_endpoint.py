@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from chatd.errors import BadRequest, ChatdError
+from chatd.web.origins import OriginPolicy
 from chatd.wire.codec import WireFormat, choose_subprotocol
 from chatd.ws.session import TransportClosed
 
@@ -116,9 +117,15 @@ def pick_format(scope: Scope) -> tuple[WireFormat, str | None] | None:
 class WebSocketEndpoint:
     """Authenticates the upgrade, then runs one Session for the connection."""
 
-    def __init__(self, authenticate: Callable[[str | None], Awaitable[Any]], make_session: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        authenticate: Callable[[str | None], Awaitable[Any]],
+        make_session: Callable[..., Any],
+        origins: OriginPolicy | None = None,
+    ) -> None:
         self._authenticate = authenticate
         self._make_session = make_session
+        self._origins = origins or OriginPolicy()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -130,6 +137,7 @@ class WebSocketEndpoint:
             return
         fmt, subprotocol = chosen
         try:
+            self._origins.check_upgrade(scope)  # Forbidden: a page of another origin
             principal = await self._authenticate(bearer_token(scope))
         except ChatdError as exc:  # Unauthorized, or Unavailable while the store is down
             await refuse(send, exc)

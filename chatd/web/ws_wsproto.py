@@ -32,6 +32,7 @@ from wsproto.events import (
 from wsproto.utilities import RemoteProtocolError
 
 from chatd.errors import BadRequest, ChatdError
+from chatd.web.origins import OriginPolicy
 from chatd.web.ws_endpoint import bearer_token, pick_format
 from chatd.ws.session import TransportClosed
 
@@ -146,10 +147,12 @@ class WsprotoEndpoint:
         authenticate: Callable[[str | None], Awaitable[Any]],
         make_session: Callable[..., Any],
         max_message_bytes: int,
+        origins: OriginPolicy | None = None,
     ) -> None:
         self._authenticate = authenticate
         self._make_session = make_session
         self._max = max_message_bytes
+        self._origins = origins or OriginPolicy()
 
     async def __call__(self, stream: trio.SocketStream, head: bytes) -> None:
         ws = WSConnection(ConnectionType.SERVER)
@@ -163,7 +166,7 @@ class WsprotoEndpoint:
             return
         _, _, query = request.target.partition("?")
         scope = {
-            "headers": list(request.extra_headers),
+            "headers": [*request.extra_headers, (b"host", request.host.encode("utf-8"))],  # wsproto keeps Host apart
             "query_string": query.encode("latin-1", "replace"),
             "subprotocols": request.subprotocols,
         }
@@ -173,6 +176,7 @@ class WsprotoEndpoint:
             return
         fmt, subprotocol = chosen
         try:
+            self._origins.check_upgrade(scope)  # Forbidden: a page of another origin
             principal = await self._authenticate(bearer_token(scope))
         except ChatdError as exc:  # Unauthorized, or Unavailable while the store is down
             await _refuse(stream, ws, exc)
