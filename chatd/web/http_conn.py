@@ -193,6 +193,8 @@ class HttpConnection(TCPServer):
         self.timeouts = timeouts
         self.phase = Phase.HEAD
         self.phase_started = head_started
+        #: The scope of the read in progress: a phase change moves its deadline.
+        self._read_scope = trio.CancelScope()
 
     async def run(self) -> None:
         """hypercorn's ``TCPServer.run`` for plain TCP, with :class:`JsonErrorH11` as the protocol."""
@@ -223,12 +225,13 @@ class HttpConnection(TCPServer):
 
     async def _read_data(self) -> None:
         while True:
-            with trio.move_on_at(self._read_deadline()) as scope:
+            self._read_scope = trio.CancelScope(deadline=self._read_deadline())
+            with self._read_scope:
                 try:
                     data = await self.stream.receive_some(MAX_RECV)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
-            if scope.cancelled_caught:
+            if self._read_scope.cancelled_caught:
                 log.debug("closing an HTTP connection: no progress in phase %s", self.phase.value)
                 break
             if data and self.phase is Phase.IDLE:
@@ -242,6 +245,7 @@ class HttpConnection(TCPServer):
     def _enter(self, phase: Phase) -> None:
         self.phase = phase
         self.phase_started = trio.current_time()
+        self._read_scope.deadline = self._read_deadline()
 
     def _read_deadline(self) -> float:
         t = self.timeouts

@@ -37,6 +37,7 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
+from chatd.web.http_api import error_body
 from chatd.web.http_conn import HttpConnection, SendBounded, Timeouts
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 #: A request head larger than this is not a request we serve.
 MAX_HEAD_BYTES = 16 * 1024
 WS_PATH = b"/v1/ws"
+#: After refusing a request, how long and how much of the rest is read and dropped before closing.
+LINGER_S = 1.0
+LINGER_MAX_BYTES = 1 << 20
 
 WsHandler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 
@@ -57,6 +61,29 @@ async def read_head(stream: trio.SocketStream) -> bytes:
             break
         data += chunk
     return data
+
+
+async def refuse_large_head(stream: trio.SocketStream) -> None:
+    """Answer 431 in JSON, then read and drop what the client still sends for a moment.
+
+    Closing with unread bytes in the socket makes the kernel reset the
+    connection, and the client may lose the answer; so the close lingers,
+    bounded in time and bytes.
+    """
+    body = error_body("too_large", f"the request head exceeds {MAX_HEAD_BYTES} bytes")
+    await stream.send_all(
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        + body
+    )
+    await stream.send_eof()
+    dropped = 0
+    with trio.move_on_after(LINGER_S):
+        while dropped < LINGER_MAX_BYTES:
+            chunk = await stream.receive_some(MAX_HEAD_BYTES)
+            if not chunk:
+                break
+            dropped += len(chunk)
 
 
 def is_websocket_upgrade(head: bytes) -> bool:
@@ -100,6 +127,9 @@ async def serve(
             head = await read_head(stream)
         if head_scope.cancelled_caught or not head:
             return  # silent, or too slow to send a request head: close without an answer
+        if b"\r\n\r\n" not in head and len(head) >= MAX_HEAD_BYTES:
+            await refuse_large_head(stream)
+            return
         if is_websocket_upgrade(head):
             await ws_handler(stream, head)
             return
