@@ -49,12 +49,31 @@ class Answer:
         return dict(data["error"])
 
 
-def parse_answers(data: bytes) -> list[Answer]:
+def has_complete_answer(data: bytes) -> bool:
+    """Whether ``data`` holds at least one whole HTTP response (a 101 counts once its head is in)."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                return False
+            if isinstance(event, (h11.EndOfMessage, h11.InformationalResponse)):
+                return True
+    except h11.RemoteProtocolError:
+        return True  # not a response at all: parse_answers will say so
+
+
+def parse_answers(data: bytes, *, first_only: bool = False) -> list[Answer]:
     """Every HTTP/1.1 response in ``data`` (a whole connection's bytes); raises if one is malformed."""
     conn = h11.Connection(h11.CLIENT)
     conn.receive_data(data)
     conn.receive_data(b"")
     answers: list[Answer] = []
+    if not data:
+        return answers
     while True:
         if conn.our_state is h11.IDLE:
             if answers and not conn.trailing_data[0]:
@@ -68,6 +87,8 @@ def parse_answers(data: bytes) -> list[Answer]:
             body += event.data
         elif isinstance(event, h11.EndOfMessage):
             answers.append(Answer(status, headers, body))
+            if first_only:
+                return answers
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                 conn.start_next_cycle()
             else:
@@ -108,6 +129,34 @@ async def exchange(srv: RunningServer, request: bytes, *, eof: bool = True) -> b
         except trio.BrokenResourceError:
             pass  # the server answered and closed before taking everything
         return await read_to_close(stream)
+
+
+async def fuzz_exchange(srv: RunningServer, request: bytes) -> bytes:
+    """Send one case; read until the first whole answer or the close.
+
+    A case without a complete head is half-closed after sending, so h11 sees
+    it end at once; a complete one is not (hypercorn drops the answers of a
+    half-closed connection), and its keep-alive connection is closed here.
+    """
+    stream = await connect(srv)
+    data = b""
+    async with stream:
+        try:
+            await stream.send_all(request)
+            if b"\r\n\r\n" not in request:
+                await stream.send_eof()
+        except trio.BrokenResourceError:
+            pass
+        with trio.fail_after(PATIENCE_S):
+            while not has_complete_answer(data):
+                try:
+                    chunk = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+    return data
 
 
 async def healthz(srv: RunningServer) -> None:
@@ -261,7 +310,7 @@ WS_HEADERS = (
     [
         (b"GARBAGE\r\n\r\n", 400, "bad_request"),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431, "too_large"),
-        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "internal"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "bad_request"),
         (b"GET /healthz HTTP/1.1\r\nHost: " + b"a" * 64 + b".example\r\n\r\n", 400, "bad_request"),
         (b"POST ?/v1/login HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}", 400, "bad_request"),
         (b"GET /v1/wsx HTTP/1.1\r\nHost: x\r\n" + WS_HEADERS + b"\r\n", 404, "not_found"),
@@ -351,10 +400,11 @@ async def test_fuzzed_request_heads_never_break_the_node(db_url: str) -> None:
         async def worker() -> None:
             async for case in receive_cases:
                 try:
-                    data = await exchange(srv, case)
+                    data = await fuzz_exchange(srv, case)
                     if data.startswith(b"HTTP/1.1 101"):
                         continue  # an upgrade the mutation did not break
-                    answers = parse_answers(data)
+                    answers = parse_answers(data, first_only=True)
+                    assert answers or data == b"", data  # bytes that are no answer at all
                 except Exception as exc:  # collected, to report the case
                     problems.append(f"{case!r}: {exc!r}")
                     continue

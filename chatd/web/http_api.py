@@ -67,7 +67,7 @@ def channel_json(channel: Channel) -> dict[str, Any]:
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "bad_request",
                408: "bad_request", 409: "conflict", 413: "too_large", 415: "bad_request", 429: "rate_limited",
-               431: "too_large", 500: "internal", 503: "unavailable"}
+               431: "too_large", 500: "internal", 501: "bad_request", 503: "unavailable"}
 
 
 def code_for_status(status: int) -> str:

@@ -145,6 +145,21 @@ class JsonErrorH11(H11Protocol):
             await super().stream_send(Body(stream_id=event.stream_id, data=body))
         await super().stream_send(event)
 
+    async def _send_h11_event(self, event: Any) -> None:
+        """As hypercorn's, but an event h11 refuses to send closes the connection instead of raising.
+
+        hypercorn raises there when the peer is not in error, e.g. a second
+        error answer on a refused WebSocket upgrade; nothing more can be said
+        on such a connection, so it is closed.
+        """
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError as exc:
+            log.warning("HTTP connection from %s: cannot send %s (%s); closing it", self.client, type(event).__name__, exc)
+            await self.send(Closed())
+        else:
+            await self.send(RawData(data=data))
+
     async def _check_protocol(self, event: h11.Request) -> None:
         """No switch to HTTP/2; a request framed twice is refused (RFC 9112 §6.1)."""
         names = {name.lower() for name, _ in event.headers}
