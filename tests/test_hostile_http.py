@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import random
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -24,6 +26,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from chatd.web import listener
 from chatd.web.http_conn import Timeouts
+from tests.processes import serving
 from tests.support import RunningServer, running_server
 
 HEAD_S = 1.0
@@ -190,6 +193,20 @@ async def test_silent_and_half_head_connections_are_closed_and_the_node_keeps_se
         await silent.aclose()
         await half.aclose()
         await healthz(srv)  # the node lives on (the head timeout used to stop it)
+
+
+async def test_chatd_serve_outlives_a_silent_connection(db_url: str, tmp_path: Path) -> None:
+    """The original report: ``chatd serve`` exited 1 when a silent socket hit the head timeout."""
+    async with serving(tmp_path, db_url, {"CHATD_SERVER_HEAD_TIMEOUT_S": str(HEAD_S)}) as proc:
+        srv = RunningServer(proc.url, None)  # type: ignore[arg-type]
+        silent = await connect(srv)
+        async with silent:
+            assert await read_to_close(silent) == b""
+        await healthz(srv)
+        assert proc.proc.returncode is None
+        rc, _took = await proc.stop(signal.SIGTERM, within=30)
+        assert rc == 0, proc.stderr()
+        assert "Traceback" not in proc.stderr()
 
 
 async def test_an_exception_in_one_connection_is_logged_and_stays_there(caplog: pytest.LogCaptureFixture) -> None:
