@@ -25,7 +25,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from chatd.web import listener
-from chatd.web.http_conn import Timeouts
+from chatd.web.http_conn import SendBounded, Timeouts
 from tests.processes import serving
 from tests.support import RunningServer, running_server
 
@@ -312,6 +312,23 @@ async def test_many_slowloris_sockets_do_not_stop_healthz(db_url: str) -> None:
             assert await read_to_close(stream) == b""
             await stream.aclose()
         await healthz(srv)
+
+
+async def test_an_answer_the_client_does_not_read_closes_the_connection() -> None:
+    """hypercorn writes in a shielded scope; SendBounded's deadline is what ends such a write."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with listeners[0]:
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        async with client:
+            bounded = SendBounded(await listeners[0].accept(), b"GET", send_s=0.5)
+            assert await bounded.receive_some() == b"GET"  # the head read already comes first
+            with trio.fail_after(PATIENCE_S), pytest.raises(trio.BrokenResourceError):
+                with trio.CancelScope(shield=True):  # as hypercorn writes
+                    for _ in range(1000):
+                        await bounded.send_all(b"x" * 1_000_000)
+            with pytest.raises(trio.ClosedResourceError):
+                await bounded.receive_some()  # the socket is closed
 
 
 # --- finding 10: protocol-level errors answered as JSON -------------------------------
