@@ -138,13 +138,13 @@ async def serve(
 
     async def handle(stream: trio.SocketStream) -> None:
         """One connection; whatever it raises stays here (the rule of the house)."""
-        connection_id = next(connection_ids)
+        connection_id, peer = next(connection_ids), _peer(stream)
         try:
             await serve_one(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away
         except Exception:
-            log.exception("connection %d from %s failed; closing it", connection_id, _peer(stream))
+            log.exception("connection %d from %s failed; closing it", connection_id, peer)
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -170,4 +170,4 @@ def _peer(stream: trio.SocketStream) -> str:
     try:
         return str(stream.socket.getpeername())
     except OSError:
-        return "a closed socket"
+        return "an unknown peer"
