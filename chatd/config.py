@@ -152,6 +152,9 @@ KEYS: tuple[Key, ...] = (
     Key("server", "drain_timeout_s", float, 10.0, _positive),
     Key("server", "outgoing_queue", int, 256, _positive),
     Key("server", "send_stall_s", float, 5.0, _positive),
+    Key("server", "head_timeout_s", float, 10.0, _positive),
+    Key("server", "body_timeout_s", float, 30.0, _positive),
+    Key("server", "keepalive_timeout_s", float, 75.0, _positive),
     Key("database", "url", str, ""),  # empty: embedded server under data_dir
     Key("database", "pg_bin_dir", str, ""),  # empty: search for the binaries
     Key("database", "pool_min", int, 2, _positive),
@@ -218,6 +221,9 @@ class ServerConfig:
     drain_timeout_s: float
     outgoing_queue: int
     send_stall_s: float
+    head_timeout_s: float
+    body_timeout_s: float
+    keepalive_timeout_s: float
 
     @classmethod
     def from_values(cls, values: _Values) -> ServerConfig:
@@ -228,6 +234,9 @@ class ServerConfig:
             drain_timeout_s=values.get("server.drain_timeout_s", float),
             outgoing_queue=values.get("server.outgoing_queue", int),
             send_stall_s=values.get("server.send_stall_s", float),
+            head_timeout_s=values.get("server.head_timeout_s", float),
+            body_timeout_s=values.get("server.body_timeout_s", float),
+            keepalive_timeout_s=values.get("server.keepalive_timeout_s", float),
         )
 
 

@@ -35,7 +35,8 @@ from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.writer import SendWriter
 from chatd.web import listener
-from chatd.web.http_api import build_http_app
+from chatd.web.http_api import build_http_app, error_body, json_errors
+from chatd.web.http_conn import Timeouts
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_endpoint import WebSocketEndpoint
 from chatd.web.ws_wsproto import WsprotoEndpoint
@@ -158,7 +159,9 @@ class Server:
             ready=self._ready,
             max_group_members=cfg.limits.max_group_members,
             origins=origins,
+            body_timeout_s=cfg.server.body_timeout_s,
         )
+        guarded_http = json_errors(http_app)  # type: ignore[arg-type]
         settings = SessionSettings(
             node=cfg.node_name,
             heartbeat_s=cfg.server.heartbeat_s,
@@ -188,10 +191,9 @@ class Server:
                 if scope["path"] == "/v1/ws":
                     await ws(scope, receive, send)
                 else:
-                    await receive()
-                    await send({"type": "websocket.close", "code": 1008})
+                    await _refuse_upgrade(receive, send)
                 return
-            await http_app(scope, receive, send)  # type: ignore[arg-type]
+            await guarded_http(scope, receive, send)
 
         return app
 
@@ -213,7 +215,7 @@ class Server:
         hc.graceful_timeout = cfg.server.drain_timeout_s
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
-        hc.keep_alive_timeout = 75
+        hc.keep_alive_timeout = cfg.server.keepalive_timeout_s
         hc.websocket_ping_interval = None
         try:
             await listener.serve(
@@ -223,6 +225,11 @@ class Server:
                 host=cfg.server.host,
                 port=cfg.server.port,
                 shutdown_trigger=self._stop.wait,
+                timeouts=Timeouts(
+                    head_s=cfg.server.head_timeout_s,
+                    body_s=cfg.server.body_timeout_s,
+                    keepalive_s=cfg.server.keepalive_timeout_s,
+                ),
                 task_status=task_status,
             )
         finally:
@@ -272,3 +279,19 @@ class Server:
                 task_status.started()
             await trio.sleep(backoff)
             backoff = min(LISTEN_BACKOFF_MAX_S, backoff * 2)
+
+
+async def _refuse_upgrade(receive: Any, send: Any) -> None:
+    """A WebSocket upgrade on any path but ``/v1/ws``: 404 ``not_found``, like any unknown path.
+
+    Answered before the handshake through ASGI's ``websocket.http.response``
+    extension (hypercorn supports it), so the client gets the contract's JSON.
+    """
+    await receive()  # websocket.connect
+    body = error_body("not_found", "no WebSocket endpoint at this path")
+    await send({
+        "type": "websocket.http.response.start",
+        "status": 404,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "websocket.http.response.body", "body": body})

@@ -3,7 +3,9 @@
 A Quart (quart-trio) app: routes parse and validate, call a service, and
 render the contract's JSON. Every error leaves as
 ``{"error": {"code", "message"}}`` with its status; an unexpected exception is
-logged here and answered 500 without a traceback.
+logged here and answered 500 without a traceback. :func:`json_errors` extends
+that to the few failures Quart raises before its error handlers exist (a
+``Host`` werkzeug cannot encode, a request target that is not a path).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
 from typing import Any
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestTimeout
 
 from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, TooLarge, Unauthorized
 from chatd.models import Channel, Principal
@@ -38,9 +41,14 @@ CORS_HEADERS = "Authorization, Content-Type"
 CORS_MAX_AGE_S = "600"
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The contract's error object, as the bytes of a response body."""
+    return _json({"error": {"code": code, "message": message}}).encode("utf-8")
+
+
 def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        _json({"error": {"code": code, "message": message}}),
+        error_body(code, message),
         status=status,
         content_type="application/json",
         headers=headers or {},
@@ -63,7 +71,90 @@ def channel_json(channel: Channel) -> dict[str, Any]:
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "bad_request",
-               409: "conflict", 413: "too_large", 415: "bad_request", 429: "rate_limited", 503: "unavailable"}
+               408: "bad_request", 409: "conflict", 413: "too_large", 415: "bad_request", 429: "rate_limited",
+               431: "too_large", 500: "internal", 501: "bad_request", 503: "unavailable"}
+
+
+def code_for_status(status: int) -> str:
+    """The contract's error code for a status chatd did not choose itself (a protocol error)."""
+    return _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
+
+
+def status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def json_errors(app: Asgi) -> Asgi:
+    """Wrap the HTTP app so that a failure before any answer still gets a JSON one.
+
+    Quart builds its request context (host, path) before any error handler is
+    registered, so a ``Host`` with a 64-character label or a target such as
+    ``?/v1/login`` would escape as an exception, which hypercorn answers with an
+    empty 500. A client error found there (werkzeug's ``BadHost``) is answered
+    with its own status; anything else is logged and answered 500 ``internal``.
+    """
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        if not scope.get("path", "").startswith("/"):
+            await _send_error(send, 400, "bad_request", "the request target must be a path")
+            return
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise  # too late for an answer: hypercorn logs it and closes the connection
+            client_error = _client_error(exc)
+            if client_error is not None and client_error.code is not None and client_error.code < 500:
+                await _send_error(send, client_error.code, code_for_status(client_error.code),
+                                  client_error.description or client_error.name)
+            else:
+                log.exception("unexpected error before an answer on %s %r", scope.get("method"), scope.get("path"))
+                await _send_error(send, 500, "internal", "internal server error")
+
+    return guarded
+
+
+def _client_error(exc: BaseException) -> HTTPException | None:
+    """The werkzeug HTTP error in ``exc``, looking inside (quart-trio's) exception groups and causes."""
+    if isinstance(exc, HTTPException):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _client_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    body = error_body(code, message)
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close")],
+    })
+    await send({"type": "http.response.body", "body": body})
 
 
 def build_http_app(
@@ -75,10 +166,13 @@ def build_http_app(
     ready: Callable[[], Awaitable[bool]],
     max_group_members: int,
     origins: OriginPolicy | None = None,
+    body_timeout_s: float = 30.0,
 ) -> QuartTrio:
     policy = origins or OriginPolicy()
     app = QuartTrio("chatd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # A body that has not fully arrived this long after the route asked for it: 408, then close.
+    app.config["BODY_TIMEOUT"] = body_timeout_s
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.url_map.merge_slashes = False  # "/v1//me" is a 404 like any unknown path, not a redirect
 
@@ -89,7 +183,11 @@ def build_http_app(
         An answer sent while the client still sends its body (an early 401 or
         404) leaves the keep-alive connection stuck: the next request on it
         hangs. A body over the limit is never read: that connection closes.
+        A body that already timed out (408) is not waited for a second time.
         """
+        if g.get("body_timed_out", False):
+            response.headers["Connection"] = "close"
+            return response
         try:
             await request.get_data()
         except HTTPException:
@@ -143,7 +241,11 @@ def build_http_app(
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        return error_response(_HTTP_CODES.get(status, "bad_request"), exc.description or exc.name, status)
+        if isinstance(exc, RequestTimeout):
+            g.body_timed_out = True
+            return error_response("bad_request", "the request body did not arrive in time", 408,
+                                  {"Connection": "close"})
+        return error_response(code_for_status(status), exc.description or exc.name, status)
 
     @app.errorhandler(Exception)
     async def on_unexpected(exc: Exception) -> Response:

@@ -10,6 +10,13 @@ put back in front of the stream, so HTTP behaves exactly as under
 ``hypercorn.trio.serve``. An upgrade that arrives later on a keep-alive HTTP
 connection still works: hypercorn hands it to the ASGI WebSocket handler.
 
+One connection can never stop the others: :func:`serve`'s per-connection
+handler catches every ``Exception`` raised while serving it (never
+``BaseException``: Trio's ``Cancelled`` passes), logs it once with the
+connection's id and closes that connection. A client that does not send its
+first request head within ``Timeouts.head_s`` is closed without an answer;
+later phases are bounded in :mod:`chatd.web.http_conn`.
+
 This module mirrors ``hypercorn.trio.run.worker_serve`` (lifespan, worker
 context, graceful shutdown by deadline) around our own accept loop; it uses
 hypercorn's TCPServer, Lifespan and WorkerContext, whose constructors are
@@ -18,6 +25,7 @@ pinned by the version range in pyproject.toml.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -26,47 +34,22 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
+
+from chatd.web.http_api import error_body
+from chatd.web.http_conn import HttpConnection, SendBounded, Timeouts
 
 log = logging.getLogger(__name__)
 
 #: A request head larger than this is not a request we serve.
 MAX_HEAD_BYTES = 16 * 1024
-#: A client must send its request head within this time (slowloris).
-HEAD_TIMEOUT_S = 10.0
 WS_PATH = b"/v1/ws"
+#: After refusing a request, how long and how much of the rest is read and dropped before closing.
+LINGER_S = 1.0
+LINGER_MAX_BYTES = 1 << 20
 
 WsHandler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
-
-
-class PrefixedStream(trio.abc.HalfCloseableStream):
-    """A socket stream with bytes already read put back in front."""
-
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self.stream = stream
-        self.socket = stream.socket
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self.stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 async def read_head(stream: trio.SocketStream) -> bytes:
@@ -78,6 +61,29 @@ async def read_head(stream: trio.SocketStream) -> bytes:
             break
         data += chunk
     return data
+
+
+async def refuse_large_head(stream: trio.SocketStream) -> None:
+    """Answer 431 in JSON, then read and drop what the client still sends for a moment.
+
+    Closing with unread bytes in the socket makes the kernel reset the
+    connection, and the client may lose the answer; so the close lingers,
+    bounded in time and bytes.
+    """
+    body = error_body("too_large", f"the request head exceeds {MAX_HEAD_BYTES} bytes")
+    await stream.send_all(
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+        + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        + body
+    )
+    await stream.send_eof()
+    dropped = 0
+    with trio.move_on_after(LINGER_S):
+        while dropped < LINGER_MAX_BYTES:
+            chunk = await stream.receive_some(MAX_HEAD_BYTES)
+            if not chunk:
+                break
+            dropped += len(chunk)
 
 
 def is_websocket_upgrade(head: bytes) -> bool:
@@ -103,6 +109,7 @@ async def serve(
     host: str,
     port: int,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    timeouts: Timeouts = Timeouts(),
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns; then stop accepting and give open
@@ -112,16 +119,32 @@ async def serve(
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
 
+    connection_ids = itertools.count(1)
+
+    async def serve_one(stream: trio.SocketStream) -> None:
+        accepted = trio.current_time()
+        with trio.move_on_after(timeouts.head_s) as head_scope:
+            head = await read_head(stream)
+        if head_scope.cancelled_caught or not head:
+            return  # silent, or too slow to send a request head: close without an answer
+        if b"\r\n\r\n" not in head and len(head) >= MAX_HEAD_BYTES:
+            await refuse_large_head(stream)
+            return
+        if is_websocket_upgrade(head):
+            await ws_handler(stream, head)
+            return
+        bounded = SendBounded(stream, head, timeouts.send_s)
+        await HttpConnection(wrapped, config, context, lifespan_state.copy(), bounded, timeouts, accepted)
+
     async def handle(stream: trio.SocketStream) -> None:
+        """One connection; whatever it raises stays here (the rule of the house)."""
+        connection_id, peer = next(connection_ids), _peer(stream)
         try:
-            with trio.move_on_after(HEAD_TIMEOUT_S):
-                head = await read_head(stream)
-            if head and is_websocket_upgrade(head):
-                await ws_handler(stream, head)
-            elif head:
-                await TCPServer(wrapped, config, context, lifespan_state.copy(), PrefixedStream(stream, head))  # type: ignore[arg-type]
+            await serve_one(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            pass  # the peer went away
+        except Exception:
+            log.exception("connection %d from %s failed; closing it", connection_id, peer)
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -141,3 +164,10 @@ async def serve(
             handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername())
+    except OSError:
+        return "an unknown peer"
