@@ -35,7 +35,6 @@ from chatd.services.ratelimit import RateLimiter
 from chatd.services.writer import SendWriter
 from chatd.web import listener
 from chatd.web.http_api import build_http_app
-from chatd.web.ws_endpoint import WebSocketEndpoint
 from chatd.web.ws_wsproto import WsprotoEndpoint
 from chatd.ws.session import Session, SessionSettings
 
@@ -156,16 +155,15 @@ class Server:
                 settings=settings,
             )
 
-        ws = WebSocketEndpoint(services.auth.authenticate, make_session)
         self._ws_fast = WsprotoEndpoint(services.auth.authenticate, make_session, cfg.limits.max_frame_bytes)
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "websocket":
-                if scope["path"] == "/v1/ws":
-                    await ws(scope, receive, send)
-                else:
-                    await receive()
-                    await send({"type": "websocket.close", "code": 1008})
+                # Unreachable through chatd.web.listener, which serves every
+                # upgrade with self._ws_fast; refuse rather than run a second
+                # WebSocket implementation with other limits.
+                await receive()
+                await send({"type": "websocket.close", "code": 1008})
                 return
             await http_app(scope, receive, send)  # type: ignore[arg-type]
 

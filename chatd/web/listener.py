@@ -8,7 +8,8 @@ coalesce many frames into one socket write. Every other connection is
 served by hypercorn's own per-connection server, with the bytes already read
 put back in front of the stream, so HTTP behaves exactly as under
 ``hypercorn.trio.serve``. An upgrade that arrives later on a keep-alive HTTP
-connection still works: hypercorn hands it to the ASGI WebSocket handler.
+connection is taken back from hypercorn (chatd.web.http_handoff) and served
+by the same wsproto handler: hypercorn's WebSocket code is never used.
 
 This module mirrors ``hypercorn.trio.run.worker_serve`` (lifespan, worker
 context, graceful shutdown by deadline) around our own accept loop; it uses
@@ -26,9 +27,10 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
+
+from chatd.web.http_handoff import HandoffStream, HandoffTCPServer
 
 log = logging.getLogger(__name__)
 
@@ -36,37 +38,8 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 16 * 1024
 #: A client must send its request head within this time (slowloris).
 HEAD_TIMEOUT_S = 10.0
-WS_PATH = b"/v1/ws"
 
 WsHandler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
-
-
-class PrefixedStream(trio.abc.HalfCloseableStream):
-    """A socket stream with bytes already read put back in front."""
-
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self.stream = stream
-        self.socket = stream.socket
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self.stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 async def read_head(stream: trio.SocketStream) -> bytes:
@@ -81,18 +54,24 @@ async def read_head(stream: trio.SocketStream) -> bytes:
 
 
 def is_websocket_upgrade(head: bytes) -> bool:
-    """A ``GET /v1/ws`` (with any query) asking to upgrade to websocket."""
+    """A GET asking to upgrade to websocket, whatever its path: all of them go to
+    chatd's WebSocket endpoint (which answers 404 off ``/v1/ws``), none to hypercorn's."""
     line, _, rest = head.partition(b"\r\n")
     parts = line.split(b" ")
     if len(parts) != 3 or parts[0] != b"GET":
-        return False
-    if parts[1].split(b"?", 1)[0] != WS_PATH:
         return False
     for header in rest.split(b"\r\n"):
         name, _, value = header.partition(b":")
         if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
             return True
     return False
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername())
+    except OSError:
+        return "?"
 
 
 async def serve(
@@ -119,9 +98,14 @@ async def serve(
             if head and is_websocket_upgrade(head):
                 await ws_handler(stream, head)
             elif head:
-                await TCPServer(wrapped, config, context, lifespan_state.copy(), PrefixedStream(stream, head))  # type: ignore[arg-type]
+                http = HandoffStream(stream, head)
+                await HandoffTCPServer(wrapped, config, context, lifespan_state.copy(), http, handoff=http)
+                if http.upgrade is not None:  # a WebSocket upgrade on the keep-alive connection
+                    await ws_handler(stream, http.upgrade)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:  # one connection's failure must not reach the nursery all connections share
+            log.exception("connection from %s failed; closing it", _peer(stream))
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
