@@ -38,6 +38,18 @@ def is_upgrade_request(method: bytes, headers: Any) -> bool:
     return any(name.lower() == b"upgrade" and b"websocket" in value.lower() for name, value in headers)
 
 
+def _head_asks_upgrade(raw: bytes) -> bool:
+    """Byte-level: a GET whose head has an ``Upgrade`` header naming websocket."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    if not head.startswith(b"GET "):
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
+            return True
+    return False
+
+
 class HandoffStream(trio.abc.HalfCloseableStream):
     """A socket stream as hypercorn sees it: the head already read put back in
     front, and a WebSocket upgrade request held back for the listener."""
@@ -120,7 +132,17 @@ class HandoffStream(trio.abc.HalfCloseableStream):
                 else:  # data of a request body, PAUSED, ConnectionClosed...
                     if not isinstance(event, h11.Data):
                         raise h11.LocalProtocolError("stop following")
-        except (h11.RemoteProtocolError, h11.LocalProtocolError):
+        except h11.RemoteProtocolError:
+            if shadow.their_state is h11.ERROR and _head_asks_upgrade(self._pending[request_start:]):
+                # A malformed upgrade request: the WebSocket endpoint answers it
+                # (400 in the contract's shape), as it would on a fresh connection.
+                self._held = self._pending[request_start:]
+                self._ready += self._pending[:request_start]
+            else:
+                self._ready += self._pending
+            self._pending, self._shadow = b"", None
+            return
+        except h11.LocalProtocolError:
             self._ready += self._pending
             self._pending, self._shadow = b"", None
             return
