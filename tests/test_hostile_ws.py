@@ -229,6 +229,43 @@ async def test_refusals_have_the_contract_body_on_both_paths(db_url: str, path: 
         await assert_still_serving(srv, alice.token)
 
 
+@pytest.mark.parametrize(
+    "before",
+    [
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"POST /v1/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: 2\r\n\r\n{}",
+        b"POST /v1/login HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    ],
+)
+async def test_upgrade_pipelined_behind_a_request_waits_for_its_answer(db_url: str, before: bytes) -> None:
+    """Sent in one write, the request is answered first, then the same socket is upgraded."""
+    async with running_server(db_url) as srv:
+        alice = await srv.user("alice")
+        host, port = srv.url.removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(before + upgrade_head(alice.token))
+            first = await read_response(stream)
+            assert first.status in {200, 400, 401, 422}, first.status  # whatever the HTTP API says
+            assert first.rest == b"" or first.rest.startswith(b"HTTP/1.1 101")
+            # The rest of the stream is the 101 and the welcome.
+            pending = first.rest
+            with trio.fail_after(10):
+                while b"\r\n\r\n" not in pending:
+                    pending += await stream.receive_some(65536)
+            assert pending.startswith(b"HTTP/1.1 101"), pending
+            ws = Connection(ConnectionType.CLIENT)
+            ws.receive_data(pending.partition(b"\r\n\r\n")[2])
+            with trio.fail_after(10):
+                while True:
+                    texts = [e.data for e in ws.events() if isinstance(e, TextMessage)]
+                    if texts:
+                        break
+                    ws.receive_data(await stream.receive_some(65536))
+            assert json.loads(texts[0])["type"] == "welcome"
+
+
 # --- finding 3: frame size and compression bombs ----------------------------------------
 
 

@@ -38,8 +38,12 @@ def is_upgrade_request(method: bytes, headers: Any) -> bool:
     return any(name.lower() == b"upgrade" and b"websocket" in value.lower() for name, value in headers)
 
 
-def _head_asks_upgrade(raw: bytes) -> bool:
-    """Byte-level: a GET whose head has an ``Upgrade`` header naming websocket."""
+def head_asks_upgrade(raw: bytes) -> bool:
+    """Byte-level: a GET whose (first) head has an ``Upgrade`` header naming websocket.
+
+    The listener routes fresh connections with it, and a malformed head on a
+    keep-alive connection is judged by it, so both paths agree.
+    """
     head = raw.split(b"\r\n\r\n", 1)[0]
     if not head.startswith(b"GET "):
         return False
@@ -133,7 +137,7 @@ class HandoffStream(trio.abc.HalfCloseableStream):
                     if not isinstance(event, h11.Data):
                         raise h11.LocalProtocolError("stop following")
         except h11.RemoteProtocolError:
-            if shadow.their_state is h11.ERROR and _head_asks_upgrade(self._pending[request_start:]):
+            if shadow.their_state is h11.ERROR and head_asks_upgrade(self._pending[request_start:]):
                 # A malformed upgrade request: the WebSocket endpoint answers it
                 # (400 in the contract's shape), as it would on a fresh connection.
                 self._held = self._pending[request_start:]
@@ -186,11 +190,18 @@ class HandoffTCPServer(TCPServer):
     async def _read_data(self) -> None:
         await super()._read_data()
         if self._handoff.upgrade is not None:
-            # Hypercorn's keep-alive timer would hold the connection (and the
-            # upgrade) for keep_alive_timeout: nothing more is read here.
-            await self.idle_task.stop()
+            # Hypercorn is done with this connection, but its keep-alive timer
+            # (maybe being restarted right now) would hold it, and the upgrade,
+            # for keep_alive_timeout: end every task it still has here.
+            nursery = self._task_group._nursery
+            assert nursery is not None
+            nursery.cancel_scope.cancel()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
+            # Before hypercorn's own handling: Updated(idle=True) is sent from
+            # the request's task, which quart-trio may already have cancelled
+            # (it does on http.disconnect), and the first checkpoint in
+            # hypercorn's handling would then end it before we hear of it.
             self._handoff.set_idle(event.idle)
         await super().protocol_send(event)

@@ -30,7 +30,7 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
-from chatd.web.http_handoff import HandoffStream, HandoffTCPServer
+from chatd.web.http_handoff import HandoffStream, HandoffTCPServer, head_asks_upgrade
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,10 @@ async def read_head(stream: trio.SocketStream) -> bytes:
 
 def is_websocket_upgrade(head: bytes) -> bool:
     """A GET asking to upgrade to websocket, whatever its path: all of them go to
-    chatd's WebSocket endpoint (which answers 404 off ``/v1/ws``), none to hypercorn's."""
-    line, _, rest = head.partition(b"\r\n")
-    parts = line.split(b" ")
-    if len(parts) != 3 or parts[0] != b"GET":
-        return False
-    for header in rest.split(b"\r\n"):
-        name, _, value = header.partition(b":")
-        if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
-            return True
-    return False
+    chatd's WebSocket endpoint (which answers 404 off ``/v1/ws``), none to hypercorn's.
+    Only the first request's head counts (a pipelined upgrade behind it is the
+    keep-alive path's)."""
+    return head_asks_upgrade(head)
 
 
 def _peer(stream: trio.SocketStream) -> str:
