@@ -405,6 +405,39 @@ async def test_handshake_must_finish_within_its_bound() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_no_exception_leaves_the_endpoint(caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected error while serving one connection is logged once with its id; the connection closes."""
+
+    async def authenticate(_token: str | None) -> Any:
+        raise RuntimeError("boom")
+
+    def make_session(*_args: Any) -> Any:
+        raise AssertionError("never reached")
+
+    endpoint = WsprotoEndpoint(authenticate, make_session, 65536)
+    served_send, served = trio.open_memory_channel[str](2)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            await endpoint(stream, upgrade_head("token"))  # raising here would end serve_tcp's nursery
+            await served_send.send("returned")
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, handler, 0)
+        port = listeners[0].socket.getsockname()[1]
+        for _ in range(2):
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            async with client:
+                with trio.fail_after(10):
+                    assert await client.receive_some(1024) == b""
+        with trio.fail_after(10):
+            assert [await served.receive(), await served.receive()] == ["returned", "returned"]
+        nursery.cancel_scope.cancel()
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ws conn") and r.exc_info]
+    assert len(failures) == 2 and len(set(failures)) == 2, failures  # once each, with distinct ids
+    assert all(m.endswith("failed; closing it") for m in failures)
+
+
 # --- fuzz ---------------------------------------------------------------------------------
 
 
@@ -454,7 +487,7 @@ def _mutate(rng: random.Random, token: str) -> bytes:
 
 async def test_fuzzed_upgrade_heads_never_hurt_the_server(db_url: str) -> None:
     rng = random.Random(20260411)
-    cases = 2400
+    cases = 2000
     async with running_server(db_url) as srv:
         alice = await srv.user("alice")
         heads = [(_mutate(rng, alice.token), rng.choice(PATHS)) for _ in range(cases)]
