@@ -266,6 +266,18 @@ async def test_upgrade_pipelined_behind_a_request_waits_for_its_answer(db_url: s
             assert json.loads(texts[0])["type"] == "welcome"
 
 
+async def test_upgrade_trickled_on_a_keep_alive_connection(db_url: str) -> None:
+    """An upgrade head arriving a few bytes at a time is held until whole, then served."""
+    async with running_server(db_url) as srv:
+        alice = await srv.user("alice")
+        async with open_raw(srv, "keep-alive") as stream:
+            head = upgrade_head(alice.token)
+            for i in range(0, len(head), 7):
+                await stream.send_all(head[i : i + 7])
+            response = await read_response(stream)
+            assert response.status == 101
+
+
 # --- finding 3: frame size and compression bombs ----------------------------------------
 
 

@@ -67,7 +67,6 @@ class HandoffStream(trio.abc.HalfCloseableStream):
         self._pending = b""  # read from the socket, not yet given to hypercorn
         self._ready = b""  # bytes of known non-upgrade requests, for hypercorn
         self._held: bytes | None = None  # an upgrade request (and what followed), withheld
-        self._consumed = 0  # bytes of _pending the shadow parser has accounted for
         self._eof = False
         self._closed = False
         self._idle = True
@@ -116,8 +115,10 @@ class HandoffStream(trio.abc.HalfCloseableStream):
         self._pending += data
         shadow.receive_data(data)
         request_start = 0  # in _pending: where the request being parsed began
+        at_head = False
         try:
             while True:
+                at_head = shadow.their_state is h11.IDLE
                 event = shadow.next_event()
                 if event is h11.NEED_DATA:
                     break
@@ -137,7 +138,7 @@ class HandoffStream(trio.abc.HalfCloseableStream):
                     if not isinstance(event, h11.Data):
                         raise h11.LocalProtocolError("stop following")
         except h11.RemoteProtocolError:
-            if shadow.their_state is h11.ERROR and head_asks_upgrade(self._pending[request_start:]):
+            if at_head and head_asks_upgrade(self._pending[request_start:]):
                 # A malformed upgrade request: the WebSocket endpoint answers it
                 # (400 in the contract's shape), as it would on a fresh connection.
                 self._held = self._pending[request_start:]
