@@ -38,7 +38,6 @@ from chatd.web import listener
 from chatd.web.http_api import build_http_app, error_body, json_errors
 from chatd.web.http_conn import Timeouts
 from chatd.web.origins import OriginPolicy
-from chatd.web.ws_endpoint import WebSocketEndpoint
 from chatd.web.ws_wsproto import WsprotoEndpoint
 from chatd.ws.session import Session, SessionSettings
 
@@ -181,17 +180,17 @@ class Server:
                 control=services.control,
             )
 
-        ws = WebSocketEndpoint(services.auth.authenticate, make_session, origins)
         self._ws_fast = WsprotoEndpoint(
             services.auth.authenticate, make_session, cfg.limits.max_frame_bytes, origins
         )
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "websocket":
-                if scope["path"] == "/v1/ws":
-                    await ws(scope, receive, send)
-                else:
-                    await _refuse_upgrade(receive, send)
+                # Unreachable through chatd.web.listener, which serves every
+                # upgrade with self._ws_fast; refuse rather than run a second
+                # WebSocket implementation with other limits.
+                await receive()
+                await send({"type": "websocket.close", "code": 1008})
                 return
             await guarded_http(scope, receive, send)
 
@@ -279,19 +278,3 @@ class Server:
                 task_status.started()
             await trio.sleep(backoff)
             backoff = min(LISTEN_BACKOFF_MAX_S, backoff * 2)
-
-
-async def _refuse_upgrade(receive: Any, send: Any) -> None:
-    """A WebSocket upgrade on any path but ``/v1/ws``: 404 ``not_found``, like any unknown path.
-
-    Answered before the handshake through ASGI's ``websocket.http.response``
-    extension (hypercorn supports it), so the client gets the contract's JSON.
-    """
-    await receive()  # websocket.connect
-    body = error_body("not_found", "no WebSocket endpoint at this path")
-    await send({
-        "type": "websocket.http.response.start",
-        "status": 404,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    })
-    await send({"type": "websocket.http.response.body", "body": body})

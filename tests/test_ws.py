@@ -325,7 +325,7 @@ async def test_http_and_websocket_share_one_port(db_url: str) -> None:
 
 
 async def test_upgrade_on_a_keep_alive_http_connection(db_url: str) -> None:
-    """An upgrade after an HTTP request on the same connection is served too (by the ASGI path)."""
+    """An upgrade after an HTTP request on the same connection is served too (handed to the wsproto endpoint)."""
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import AcceptConnection, Request, TextMessage
 

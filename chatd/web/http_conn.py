@@ -55,6 +55,7 @@ from hypercorn.utils import parse_socket_addr
 from hypercorn.typing import ConnectionState
 
 from chatd.web.http_api import code_for_status, error_body, status_phrase
+from chatd.web.http_handoff import HandoffStream
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,9 @@ class HttpConnection(TCPServer):
 
     ``head_started`` is when the first request's head began (the accept time:
     chatd's listener read that head already and passes it in the stream).
+    ``handoff`` is the stream itself when it may take the connection back for a
+    WebSocket upgrade (chatd.web.http_handoff): it is told when hypercorn is
+    idle, and once it took the connection, hypercorn's remaining tasks end.
     """
 
     def __init__(
@@ -199,12 +203,15 @@ class HttpConnection(TCPServer):
         config: Any,
         context: Any,
         state: Any,
-        stream: SendBounded,
+        stream: HandoffStream | SendBounded,
         timeouts: Timeouts,
         head_started: float,
+        *,
+        handoff: HandoffStream | None = None,
     ) -> None:
         super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
         self.socket_stream = stream
+        self.handoff = handoff
         self.timeouts = timeouts
         self.phase = Phase.HEAD
         self.phase_started = head_started
@@ -233,6 +240,12 @@ class HttpConnection(TCPServer):
 
     async def protocol_send(self, event: ServerEvent) -> None:
         if isinstance(event, Updated):
+            if self.handoff is not None:
+                # Before hypercorn's own handling: Updated(idle=True) is sent from
+                # the request's task, which quart-trio may already have cancelled
+                # (it does on http.disconnect), and the first checkpoint in
+                # hypercorn's handling would then end it before we hear of it.
+                self.handoff.set_idle(event.idle)
             self._enter(Phase.IDLE if event.idle else Phase.BUSY)
             if event.idle and self._h11_buffered():
                 self._enter(Phase.HEAD)  # a pipelined request's head has begun already
@@ -256,6 +269,13 @@ class HttpConnection(TCPServer):
             if data == b"":
                 break
         await self.protocol.handle(Closed())
+        if self.handoff is not None and self.handoff.upgrade is not None:
+            # hypercorn is done with this connection, but its keep-alive timer
+            # (maybe being restarted right now) would hold it, and the upgrade:
+            # end every task it still has here.
+            nursery = self._task_group._nursery
+            assert nursery is not None
+            nursery.cancel_scope.cancel()
 
     def _enter(self, phase: Phase) -> None:
         self.phase = phase

@@ -8,7 +8,8 @@ coalesce many frames into one socket write. Every other connection is
 served by hypercorn's own per-connection server, with the bytes already read
 put back in front of the stream, so HTTP behaves exactly as under
 ``hypercorn.trio.serve``. An upgrade that arrives later on a keep-alive HTTP
-connection still works: hypercorn hands it to the ASGI WebSocket handler.
+connection is taken back from hypercorn (chatd.web.http_handoff) and served
+by the same wsproto handler: hypercorn's WebSocket code is never used.
 
 One connection can never stop the others: :func:`serve`'s per-connection
 handler catches every ``Exception`` raised while serving it (never
@@ -39,12 +40,12 @@ from hypercorn.utils import wrap_app
 
 from chatd.web.http_api import error_body
 from chatd.web.http_conn import HttpConnection, SendBounded, Timeouts
+from chatd.web.http_handoff import HandoffStream, head_asks_upgrade
 
 log = logging.getLogger(__name__)
 
 #: A request head larger than this is not a request we serve.
 MAX_HEAD_BYTES = 16 * 1024
-WS_PATH = b"/v1/ws"
 #: After refusing a request, how long and how much of the rest is read and dropped before closing.
 LINGER_S = 1.0
 LINGER_MAX_BYTES = 1 << 20
@@ -87,18 +88,11 @@ async def refuse_large_head(stream: trio.SocketStream) -> None:
 
 
 def is_websocket_upgrade(head: bytes) -> bool:
-    """A ``GET /v1/ws`` (with any query) asking to upgrade to websocket."""
-    line, _, rest = head.partition(b"\r\n")
-    parts = line.split(b" ")
-    if len(parts) != 3 or parts[0] != b"GET":
-        return False
-    if parts[1].split(b"?", 1)[0] != WS_PATH:
-        return False
-    for header in rest.split(b"\r\n"):
-        name, _, value = header.partition(b":")
-        if name.strip().lower() == b"upgrade" and b"websocket" in value.lower():
-            return True
-    return False
+    """A GET asking to upgrade to websocket, whatever its path: all of them go to
+    chatd's WebSocket endpoint (which answers 404 off ``/v1/ws``), none to hypercorn's.
+    Only the first request's head counts (a pipelined upgrade behind it is the
+    keep-alive path's)."""
+    return head_asks_upgrade(head)
 
 
 async def serve(
@@ -133,8 +127,10 @@ async def serve(
         if is_websocket_upgrade(head):
             await ws_handler(stream, head)
             return
-        bounded = SendBounded(stream, head, timeouts.send_s)
-        await HttpConnection(wrapped, config, context, lifespan_state.copy(), bounded, timeouts, accepted)
+        http = HandoffStream(SendBounded(stream, b"", timeouts.send_s), head)
+        await HttpConnection(wrapped, config, context, lifespan_state.copy(), http, timeouts, accepted, handoff=http)
+        if http.upgrade is not None:  # a WebSocket upgrade on the keep-alive connection
+            await ws_handler(stream, http.upgrade)
 
     async def handle(stream: trio.SocketStream) -> None:
         """One connection; whatever it raises stays here (the rule of the house)."""

@@ -1,79 +1,28 @@
-"""``GET /v1/ws`` as a plain ASGI handler, beside (not inside) the Quart app.
+"""The ``GET /v1/ws`` handshake decisions: token, subprotocol, refusal.
 
-Since chatd's own listener (chatd.web.listener) sends fresh ``/v1/ws``
-upgrades to the wsproto path, this handler serves the upgrades that arrive on
-an HTTP keep-alive connection hypercorn already owns; both paths share the
-handshake helpers below.
-
-Quart's per-message WebSocket layers cost ~1.8x the CPU per frame and ~1.9x
-the memory per connection (../shared/DESIGN.md), so the composition root
-routes this one path straight here: hypercorn's wsproto stream, the ASGI
-messages, and :class:`chatd.ws.session.Session`, nothing in between.
+Every WebSocket upgrade, on a fresh connection or after requests on a
+keep-alive HTTP connection (see :mod:`chatd.web.http_handoff`), is served by
+the one wsproto endpoint in :mod:`chatd.web.ws_wsproto`: one implementation,
+one set of limits (frame size enforced while reading, no compression). These
+helpers are what it decides with; they only read the parsed request, given as
+an ASGI-like ``scope`` (``headers``, ``query_string``, ``subprotocols``).
 
 Authentication happens before the upgrade: a bad or missing token gets an
-HTTP 401 with the contract's error body (hypercorn supports the
-``websocket.http.response`` extension).
+HTTP 401 with the contract's error body.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
-from chatd.errors import BadRequest, ChatdError
-from chatd.web.origins import OriginPolicy
+import trio
+
+from chatd.errors import ChatdError
 from chatd.wire.codec import WireFormat, choose_subprotocol
-from chatd.ws.session import TransportClosed
 
 Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class AsgiTransport:
-    """The session's transport over ASGI websocket messages."""
-
-    def __init__(self, receive: Receive, send: Send) -> None:
-        self._receive = receive
-        self._send = send
-        self._closed = False
-
-    async def receive(self) -> str | bytes:
-        message = await self._receive()
-        if message["type"] == "websocket.receive":
-            text = message.get("text")
-            return text if text is not None else message.get("bytes") or b""
-        self._closed = True
-        raise TransportClosed(message.get("code"))
-
-    async def send(self, data: str | bytes) -> None:
-        if self._closed:
-            raise TransportClosed()
-        message: dict[str, Any] = {"type": "websocket.send"}
-        message["text" if isinstance(data, str) else "bytes"] = data
-        try:
-            await self._send(message)
-        except Exception as exc:  # the server's own "connection gone" errors vary by version
-            self._closed = True
-            raise TransportClosed() from exc
-
-    async def send_many(self, frames: Sequence[str | bytes]) -> None:
-        for data in frames:
-            await self.send(data)
-
-    def abort(self) -> None:
-        self._closed = True
-
-    async def close(self, code: int, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
-        except Exception as exc:
-            raise TransportClosed() from exc
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -92,59 +41,35 @@ def offered_subprotocols(scope: Scope) -> list[str]:
     return [str(p) for p in scope.get("subprotocols", ())]
 
 
-async def refuse(send: Send, error: ChatdError) -> None:
-    """Answer the upgrade request with an HTTP error in the contract's shape."""
+def refusal(error: ChatdError) -> bytes:
+    """An HTTP error answer in the contract's shape; the connection closes after it."""
     body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
-    await send(
-        {
-            "type": "websocket.http.response.start",
-            "status": error.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
+    head = (
+        f"HTTP/1.1 {error.status} {_REASONS.get(error.status, 'Error')}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
     )
-    await send({"type": "websocket.http.response.body", "body": body})
+    return head.encode("ascii") + body
+
+
+async def refuse(stream: trio.abc.SendStream, error: ChatdError) -> None:
+    """Answer the upgrade request with an HTTP error in the contract's shape."""
+    await stream.send_all(refusal(error))
 
 
 def pick_format(scope: Scope) -> tuple[WireFormat, str | None] | None:
-    """The wire format and the subprotocol to answer (None when none was offered)."""
+    """The wire format and the subprotocol to answer (None when none was offered).
+
+    The answer names a subprotocol only when the client offered exactly that
+    token: ``Sec-WebSocket-Protocol: ,`` (nothing but empty entries) means
+    JSON, answered without the header, as when the header is absent.
+    """
     offered = offered_subprotocols(scope)
     fmt = choose_subprotocol(offered)
     if fmt is None:
         return None
-    return fmt, (fmt.value if offered else None)
+    return fmt, (fmt.value if fmt.value in (p.strip() for p in offered) else None)
 
 
-class WebSocketEndpoint:
-    """Authenticates the upgrade, then runs one Session for the connection."""
-
-    def __init__(
-        self,
-        authenticate: Callable[[str | None], Awaitable[Any]],
-        make_session: Callable[..., Any],
-        origins: OriginPolicy | None = None,
-    ) -> None:
-        self._authenticate = authenticate
-        self._make_session = make_session
-        self._origins = origins or OriginPolicy()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        chosen = pick_format(scope)
-        if chosen is None:
-            await refuse(send, BadRequest("no supported subprotocol: use chatd.v1.json or chatd.v1.msgpack"))
-            return
-        fmt, subprotocol = chosen
-        try:
-            self._origins.check_upgrade(scope)  # Forbidden: a page of another origin
-            principal = await self._authenticate(bearer_token(scope))
-        except ChatdError as exc:  # Unauthorized, or Unavailable while the store is down
-            await refuse(send, exc)
-            return
-        accept: dict[str, Any] = {"type": "websocket.accept"}
-        if subprotocol is not None:
-            accept["subprotocol"] = subprotocol
-        await send(accept)
-        session = self._make_session(AsgiTransport(receive, send), fmt, principal)
-        await session.run()
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 503: "Service Unavailable"}

@@ -1,15 +1,23 @@
-"""``/v1/ws`` on a bare wsproto connection (the fast path; see chatd.web.listener).
+"""``/v1/ws`` on a bare wsproto connection: chatd's one WebSocket implementation.
 
-The handshake, authentication and refusals mirror the ASGI handler in
-:mod:`chatd.web.ws_endpoint` (they share its helpers), so a client cannot
-tell the two paths apart. The transport enforces ``limits.max_frame_bytes``
-per message (close 1009), answers pings, and sends many queued frames in one
-socket write.
+Every upgrade comes here: on a fresh connection straight from the listener
+(chatd.web.listener), and after requests on a keep-alive HTTP connection by
+way of :mod:`chatd.web.http_handoff`; hypercorn's own WebSocket code is never
+used. So there is one set of limits: ``limits.max_frame_bytes`` per message,
+enforced while the frame is read (wsproto hands over payload as it arrives;
+a message is dropped with 1009 as soon as it passes the limit, whatever its
+header announced), and no compression extension is ever negotiated.
+
+Protocol violations close with the code RFC 6455 gives them (wsproto reports
+it): 1007 for invalid UTF-8 in a text message, 1002 for the rest (unmasked
+client frame, RSV bits without an extension, reserved opcode, fragmented or
+oversize control frame). The transport answers pings and sends many queued
+frames in one socket write.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -24,22 +32,29 @@ from wsproto.events import (
     Event,
     Message,
     Ping,
-    RejectConnection,
-    RejectData,
     Request,
     TextMessage,
 )
-from wsproto.utilities import RemoteProtocolError
 
-from chatd.errors import BadRequest, ChatdError
+from chatd.errors import BadRequest, ChatdError, NotFound
 from chatd.web.origins import OriginPolicy
-from chatd.web.ws_endpoint import bearer_token, pick_format
+from chatd.web.ws_endpoint import bearer_token, pick_format, refuse
 from chatd.ws.session import TransportClosed
 
 log = logging.getLogger(__name__)
 
+WS_PATH = "/v1/ws"
 CLOSE_TOO_BIG = 1009
 RECEIVE_BYTES = 65536
+#: From the end of the request head, the handshake (authentication included) must end within this.
+HANDSHAKE_TIMEOUT_S = 10.0
+#: After a close this side started for a fault, how long (and how much) to read
+#: and drop before the socket is closed: closing with unread data makes the
+#: kernel send a reset, which can destroy the close frame in the peer's buffers.
+LINGER_S = 1.0
+LINGER_BYTES = 1 << 20
+
+_conn_ids = itertools.count(1)
 
 
 class WsprotoTransport:
@@ -69,8 +84,7 @@ class WsprotoTransport:
                     data = event.data
                     self._size += len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data)
                     if self._size > self._max:
-                        await self.close(CLOSE_TOO_BIG, "frame too large")
-                        raise TransportClosed(CLOSE_TOO_BIG)
+                        await self._fail(CLOSE_TOO_BIG, "frame too large")
                     self._parts.append(data)
                     if event.message_finished:
                         whole: str | bytes = "".join(self._parts) if isinstance(data, str) else b"".join(self._parts)
@@ -79,6 +93,10 @@ class WsprotoTransport:
                 elif isinstance(event, Ping):
                     await self._send_bytes(self._ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
+                    if self._ws.state is ConnectionState.OPEN:
+                        # Not the peer's close: wsproto found a protocol violation
+                        # and says which code it deserves (1002, 1007...).
+                        await self._fail(event.code, event.reason or "protocol error")
                     if self._ws.state is ConnectionState.REMOTE_CLOSING:
                         await self._send_bytes(self._ws.send(event.response()))
                     raise TransportClosed(event.code)
@@ -128,6 +146,26 @@ class WsprotoTransport:
             for _event in self._ws.events():
                 pass  # frames after our close are dropped; the peer's close ends the loop
 
+    async def _fail(self, code: int, reason: str) -> None:
+        """Close for the peer's fault: send the close frame, drop what still comes, raise.
+
+        Nothing more is parsed (after a violation the frame decoder's state is
+        meaningless); reading stops at EOF, ``LINGER_S`` or ``LINGER_BYTES``.
+        """
+        if not self._aborted and self._ws.state is ConnectionState.OPEN:
+            await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason[:100])))
+            with trio.move_on_after(LINGER_S):
+                dropped = 0
+                while dropped < LINGER_BYTES:
+                    try:
+                        data = await self._stream.receive_some(RECEIVE_BYTES)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        break
+                    if not data:
+                        break
+                    dropped += len(data)
+        raise TransportClosed(code)
+
     def _state(self) -> ConnectionState:
         return self._ws.state
 
@@ -140,7 +178,16 @@ class WsprotoTransport:
 
 
 class WsprotoEndpoint:
-    """Handshake, authenticate, then run one Session on the connection."""
+    """Handshake, authenticate, then run one Session on the connection.
+
+    Resource handling: the handshake (parsing, authentication, the 101) must
+    finish within ``handshake_timeout_s`` of the end of the request head, or
+    the connection is dropped. No exception raised while serving one
+    connection leaves this call: a malformed upgrade is answered 400
+    ``bad_request`` (whatever wsproto or h11 raised), anything unexpected is
+    logged once with the connection id and the connection is closed (by the
+    listener, which owns the socket). Trio's Cancelled passes through.
+    """
 
     def __init__(
         self,
@@ -148,51 +195,72 @@ class WsprotoEndpoint:
         make_session: Callable[..., Any],
         max_message_bytes: int,
         origins: OriginPolicy | None = None,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self._authenticate = authenticate
         self._make_session = make_session
         self._max = max_message_bytes
+        self._handshake_timeout_s = handshake_timeout_s
         self._origins = origins or OriginPolicy()
 
-    async def __call__(self, stream: trio.SocketStream, head: bytes) -> None:
+    async def __call__(self, stream: trio.abc.Stream, head: bytes) -> None:
+        conn_id = next(_conn_ids)
+        try:
+            accepted = None
+            with trio.move_on_after(self._handshake_timeout_s):
+                accepted = await self._handshake(stream, head, conn_id)
+            if accepted is None:
+                return
+            transport, fmt, principal = accepted
+            await self._make_session(transport, fmt, principal).run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, TransportClosed):
+            pass
+        except Exception:
+            log.exception("ws conn %d failed; closing it", conn_id)
+
+    async def _handshake(
+        self, stream: trio.abc.Stream, head: bytes, conn_id: int
+    ) -> tuple[WsprotoTransport, Any, Any] | None:
+        """The transport, format and principal; None once refused (the answer is sent)."""
         ws = WSConnection(ConnectionType.SERVER)
         try:
             ws.receive_data(head)
             request = next((e for e in ws.events() if isinstance(e, Request)), None)
-        except RemoteProtocolError:
-            request = None
-        if request is None:
-            await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            return
-        _, _, query = request.target.partition("?")
-        scope = {
-            "headers": [*request.extra_headers, (b"host", request.host.encode("utf-8"))],  # wsproto keeps Host apart
-            "query_string": query.encode("latin-1", "replace"),
-            "subprotocols": request.subprotocols,
-        }
-        chosen = pick_format(scope)
-        if chosen is None:
-            await _refuse(stream, ws, BadRequest("no supported subprotocol: use chatd.v1.json or chatd.v1.msgpack"))
-            return
+            if request is None:
+                raise BadRequest("not a WebSocket upgrade request")
+            path, _, query = request.target.partition("?")
+            if path != WS_PATH:
+                raise NotFound("no WebSocket endpoint at this path; use /v1/ws")
+            scope = {
+                "headers": [*request.extra_headers, (b"host", request.host.encode("utf-8"))],  # wsproto keeps Host apart
+                "query_string": query.encode("latin-1", "replace"),
+                "subprotocols": request.subprotocols,
+            }
+            chosen = pick_format(scope)
+            if chosen is None:
+                raise BadRequest("no supported subprotocol: use chatd.v1.json or chatd.v1.msgpack")
+        except ChatdError as exc:
+            await refuse(stream, exc)
+            return None
+        except Exception as exc:  # whatever h11/wsproto raise on a malformed head (UnicodeDecodeError...)
+            log.debug("ws conn %d: malformed upgrade (%r)", conn_id, exc)
+            await refuse(stream, BadRequest("malformed WebSocket upgrade request"))
+            return None
         fmt, subprotocol = chosen
         try:
             self._origins.check_upgrade(scope)  # Forbidden: a page of another origin
             principal = await self._authenticate(bearer_token(scope))
         except ChatdError as exc:  # Unauthorized, or Unavailable while the store is down
-            await _refuse(stream, ws, exc)
-            return
-        await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
+            await refuse(stream, exc)
+            return None
+        try:
+            answer = ws.send(AcceptConnection(subprotocol=subprotocol))
+        except Exception as exc:  # wsproto refuses an answer the request does not allow
+            log.debug("ws conn %d: cannot accept (%r)", conn_id, exc)
+            await refuse(stream, BadRequest("malformed WebSocket upgrade request"))
+            return None
+        await stream.send_all(answer)
         # Keep only the frame-level connection: the handshake's h11 state is
         # several KiB per connection that an idle connection should not carry.
         assert ws.connection is not None
-        transport = WsprotoTransport(stream, ws.connection, self._max)
-        del ws
-        await self._make_session(transport, fmt, principal).run()
-
-
-async def _refuse(stream: trio.abc.Stream, ws: WSConnection, error: ChatdError) -> None:
-    body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    data = ws.send(RejectConnection(status_code=error.status, headers=headers, has_body=True))
-    data += ws.send(RejectData(data=body))
-    await stream.send_all(data)
+        return WsprotoTransport(stream, ws.connection, self._max), fmt, principal
