@@ -88,6 +88,15 @@ class Drainable(Protocol):
 
 
 class Hub:
+    """This node's registry of connected sessions and per-user inbox signals.
+
+    One per node, owned by the composition root and shared by the writer
+    (which publishes committed events), the LISTEN task (which applies other
+    nodes' hints) and every session (which subscribes while it delivers).
+    It is synchronous: nothing here waits, so no caller is ever slowed by
+    another connection.
+    """
+
     def __init__(self) -> None:
         self._signals: dict[int, InboxSignal] = {}
         self._sessions: dict[int, set[Drainable]] = {}

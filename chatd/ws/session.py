@@ -79,7 +79,7 @@ class TransportClosed(Exception):
 
 
 class Transport(Protocol):
-    """The socket as the session sees it (ASGI today; trio-websocket could serve too)."""
+    """The socket as the session sees it (chatd.web.ws_wsproto's transport)."""
 
     async def receive(self) -> str | bytes: ...
 
@@ -105,6 +105,14 @@ class SessionSettings:
 
 
 class Session:
+    """One authenticated WebSocket connection, from ``welcome`` to its close.
+
+    Built by the composition root for each accepted upgrade and run with
+    :meth:`run`, which returns when the connection is over and never raises
+    for the peer's faults. The hub reaches it only through the small
+    :class:`chatd.hub.Drainable` surface (drain, revoke, push a live message).
+    """
+
     __slots__ = (
         "transport", "fmt", "principal", "user_id", "device_id", "hub", "inbox", "messages", "settings",
         "control", "_out_send", "_out_recv", "_sends_in", "_nursery", "_pump_scope", "_pending_sync",
