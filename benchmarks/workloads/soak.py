@@ -36,6 +36,7 @@ went unanswered, and no friendly connection was closed by the server.
 from __future__ import annotations
 
 import argparse
+import heapq
 import random
 import time
 from typing import Any
@@ -118,6 +119,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
     healthz = Histogram()
     probe_failures: list[str] = []
     probes = [0]
+    slowest: list[tuple[float, float]] = []
     async with ctx.pool(jobs) as pool:
         await pool.gather(300, "ready")
         start = time.monotonic() + 0.5
@@ -129,7 +131,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
             profiler.start()
         async with ctx.window(pool) as window:
             await probe_healthz(host, port, args.healthz_every, args.healthz_timeout, start, stop, healthz,
-                                probe_failures, probes)
+                                probe_failures, probes, slowest)
         profile = profiler.stop() if profiler else None
         sent = await pool.gather(args.seconds + 60, "sent")
         await pool.broadcast({"cmd": "expect", "acked": merge_acked(r["acked"] for r in sent), "timeout": 30})
@@ -155,6 +157,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         "healthz_failures": len(probe_failures),
         "healthz_failure_samples": probe_failures[:5],
         "healthz_connection": "fresh TCP connection per probe (Connection: close)",
+        "healthz_slowest": [{"ms": round(t * 1000, 1), "at_s": round(at, 2)} for t, at in sorted(slowest, reverse=True)],
         "idle_connected": sum(r["idle_connected"] for r in sent),
         "pings": sum(r["pings"] for r in done),
         "slowloris": hostile,
@@ -183,15 +186,19 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         ("client send lag p99 (due -> written)", ms(lag, "p99")),
         ("/healthz (fresh conn) p50 / p99 / p99.9 / max", ms(hz, *PERCENTILES, "max")),
         ("/healthz probes / failed", f"{probes[0]:,} / {len(probe_failures)}"),
-        ("slowloris opened / closed by server / refused", f"{hostile['opened']:,} / {hostile['closed']:,} / "
-                                                          f"{hostile['connect_failed']:,}"),
+        ("/healthz slowest (ms at +s into the window)",
+         ", ".join(f"{p['ms']:g} at +{p['at_s']:g}" for p in figures["healthz_slowest"]) or "-"),
+        ("slowloris opened / closed by server / open at end / refused",
+         f"{hostile['opened']:,} / {hostile['closed']:,} / {hostile['open_at_end']:,} / "
+         f"{hostile['connect_failed']:,}"),
     ]
     for kind in KINDS:
         k = kinds.get(kind)
         if k:
-            rows.append((f"  {kind}: closed / held p50, max / answers",
-                         f"{k['closed']:,} / {fmt(_s(k['held_ms'], 'p50'))}, {fmt(_s(k['held_ms'], 'max'))} s / "
-                         f"{k['answers'] or '-'}"))
+            held = (f"{fmt(_s(k['held_ms'], 'p50'))}, {fmt(_s(k['held_ms'], 'max'))} s" if k["closed"] else "-")
+            rows.append((f"  {kind}: closed / held p50, max / open at end / said",
+                         f"{k['closed']:,} / {held} / {k['open_at_end']} / "
+                         f"{', '.join(f'{a} x{n}' for a, n in k['answers'].items()) or '-'}"))
     rows += [
         ("idle pings sent (all answered in order?)", f"{figures['pings']:,} "
          f"({'yes' if not any(correctness.get(k) for k in ('pongs_missing', 'pongs_duplicated', 'pongs_out_of_order')) else 'NO'})"),
@@ -210,12 +217,15 @@ def _s(summary: dict[str, Any], key: str) -> float | None:
 
 
 async def probe_healthz(host: str, port: int, every: float, timeout: float, start: float, stop: float,
-                        latency: Histogram, failures: list[str], probes: list[int]) -> None:
+                        latency: Histogram, failures: list[str], probes: list[int],
+                        slowest: list[tuple[float, float]]) -> None:
     """``GET /healthz`` every ``every`` s from ``start`` to ``stop``, each on a fresh connection, open loop.
 
     A probe is started when due whether or not earlier ones have answered (at
     most timeout/every in flight), so a stalled server shows up as latency
-    and failures, not as fewer probes.
+    and failures, not as fewer probes. ``slowest`` keeps the five slowest
+    answered probes as (seconds, offset into the window), to set beside
+    what happened then (e.g. the hostile sockets' timeouts firing together).
     """
     request = f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
 
@@ -245,6 +255,9 @@ async def probe_healthz(host: str, port: int, every: float, timeout: float, star
             failures.append(f"at +{due - start:.2f} s: {error}")
         else:
             latency.add(took)
+            heapq.heappush(slowest, (took, due - start))
+            if len(slowest) > 5:
+                heapq.heappop(slowest)
 
     async with trio.open_nursery() as nursery:
         due = start
@@ -302,7 +315,7 @@ class HostileStats:
 
     def __init__(self) -> None:
         self.opened = self.closed = self.connect_failed = 0
-        #: First line of what the server said before closing ('-' when it closed without a word).
+        #: First line of what the server said before closing ('nothing' when it closed without a word).
         self.answers: dict[str, int] = {}
         self.held = Histogram()
 
@@ -352,7 +365,7 @@ async def hostile_socket(kind: str, host: str, port: int, drip: float, stop: flo
                     nursery.cancel_scope.cancel()
             stats.closed += 1
             stats.held.add(time.monotonic() - opened)
-            line = answer[0].partition(b"\r\n")[0][:40].decode(errors="replace") if answer else "-"
+            line = answer[0].partition(b"\r\n")[0][:40].decode(errors="replace") if answer else "nothing"
             stats.answers[line] = stats.answers.get(line, 0) + 1
             await trio.sleep(random.uniform(*RECONNECT_PAUSE_S))
 
