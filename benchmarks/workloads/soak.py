@@ -129,9 +129,11 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         profiler = ctx.profiler()
         if profiler:
             profiler.start()
-        async with ctx.window(pool) as window:
-            await probe_healthz(host, port, args.healthz_every, args.healthz_timeout, start, stop, healthz,
-                                probe_failures, probes, slowest)
+        async with trio.open_nursery() as probing:  # the last probes may finish after the window
+            probing.start_soon(probe_healthz, host, port, args.healthz_every, args.healthz_timeout, start, stop,
+                               healthz, probe_failures, probes, slowest)
+            async with ctx.window(pool) as window:
+                await sleep_until(stop)
         profile = profiler.stop() if profiler else None
         sent = await pool.gather(args.seconds + 60, "sent")
         await pool.broadcast({"cmd": "expect", "acked": merge_acked(r["acked"] for r in sent), "timeout": 30})
