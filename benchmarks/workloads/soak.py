@@ -120,6 +120,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
     probe_failures: list[str] = []
     probes = [0]
     slowest: list[tuple[float, float]] = []
+    per_second: dict[int, float] = {}
     async with ctx.pool(jobs) as pool:
         await pool.gather(300, "ready")
         start = time.monotonic() + 0.5
@@ -131,7 +132,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
             profiler.start()
         async with trio.open_nursery() as probing:  # the last probes may finish after the window
             probing.start_soon(probe_healthz, host, port, args.healthz_every, args.healthz_timeout, start, stop,
-                               healthz, probe_failures, probes, slowest)
+                               healthz, probe_failures, probes, slowest, per_second)
             async with ctx.window(pool) as window:
                 await sleep_until(stop)
         profile = profiler.stop() if profiler else None
@@ -141,7 +142,8 @@ async def orchestrate(ctx: RunContext) -> Outcome:
     ack = Histogram.merged(r["ack"] for r in sent).summary_ms()
     deliver = Histogram.merged(r["deliver"] for r in done).summary_ms()
     lag = Histogram.merged(r["lag"] for r in sent).summary_ms()
-    hz = healthz.summary_ms((50, 99, 99.9))
+    hz = healthz.summary_ms((50, 95, 99, 99.9))
+    slow_seconds = [sec for sec, took in sorted(per_second.items()) if took * 1000 >= args.healthz_p99_ms]
     acked_in_window = sum(r["acked_in_window"] for r in sent)
     hostile = merge_hostile([r["hostile"] for r in sent])
     server = window.figures()
@@ -159,6 +161,9 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         "healthz_failures": len(probe_failures),
         "healthz_failure_samples": probe_failures[:5],
         "healthz_connection": "fresh TCP connection per probe (Connection: close)",
+        "healthz_max_ms_per_second": [round(per_second.get(sec, 0.0) * 1000, 1)
+                                      for sec in range(int(args.seconds) + 1)],
+        "healthz_slow_seconds": slow_seconds,
         "healthz_slowest": [{"ms": round(t * 1000, 1), "at_s": round(at, 2)} for t, at in sorted(slowest, reverse=True)],
         "idle_connected": sum(r["idle_connected"] for r in sent),
         "pings": sum(r["pings"] for r in done),
@@ -186,10 +191,12 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         ("send->ack p50 / p99 / p99.9", ms(ack, *PERCENTILES)),
         ("send->deliver p50 / p99 / p99.9", ms(deliver, *PERCENTILES)),
         ("client send lag p99 (due -> written)", ms(lag, "p99")),
-        ("/healthz (fresh conn) p50 / p99 / p99.9 / max", ms(hz, *PERCENTILES, "max")),
+        ("/healthz (fresh conn) p50 / p95 / p99 / p99.9 / max", ms(hz, "p50", "p95", "p99", "p99.9", "max")),
         ("/healthz probes / failed", f"{probes[0]:,} / {len(probe_failures)}"),
         ("/healthz slowest (ms at +s into the window)",
          ", ".join(f"{p['ms']:g} at +{p['at_s']:g}" for p in figures["healthz_slowest"]) or "-"),
+        (f"seconds with a probe >= {fmt(args.healthz_p99_ms)} ms", f"{len(slow_seconds)}: "
+         + (", ".join(f"+{sec}" for sec in slow_seconds[:20]) + (" ..." if len(slow_seconds) > 20 else "") or "-")),
         ("slowloris opened / closed by server / open at end / refused",
          f"{hostile['opened']:,} / {hostile['closed']:,} / {hostile['open_at_end']:,} / "
          f"{hostile['connect_failed']:,}"),
@@ -220,14 +227,15 @@ def _s(summary: dict[str, Any], key: str) -> float | None:
 
 async def probe_healthz(host: str, port: int, every: float, timeout: float, start: float, stop: float,
                         latency: Histogram, failures: list[str], probes: list[int],
-                        slowest: list[tuple[float, float]]) -> None:
+                        slowest: list[tuple[float, float]], per_second: dict[int, float]) -> None:
     """``GET /healthz`` every ``every`` s from ``start`` to ``stop``, each on a fresh connection, open loop.
 
     A probe is started when due whether or not earlier ones have answered (at
     most timeout/every in flight), so a stalled server shows up as latency
     and failures, not as fewer probes. ``slowest`` keeps the five slowest
     answered probes as (seconds, offset into the window), to set beside
-    what happened then (e.g. the hostile sockets' timeouts firing together).
+    what happened then (e.g. the hostile sockets' timeouts firing together);
+    ``per_second`` the slowest answered probe of each second of the window.
     """
     request = f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
 
@@ -257,6 +265,8 @@ async def probe_healthz(host: str, port: int, every: float, timeout: float, star
             failures.append(f"at +{due - start:.2f} s: {error}")
         else:
             latency.add(took)
+            second = int(due - start)
+            per_second[second] = max(per_second.get(second, 0.0), took)
             heapq.heappush(slowest, (took, due - start))
             if len(slowest) > 5:
                 heapq.heappop(slowest)
