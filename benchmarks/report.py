@@ -46,6 +46,7 @@ def failures(correctness: dict[str, Any]) -> list[str]:
             out.append(f"{correctness[key]} {what}")
     if correctness.get("not_caught_up"):
         out.append(f"{correctness['not_caught_up']} recipients not caught up in time")
+    out.extend(correctness.get("criteria_failed", []))  # a workload's own pass criteria (soak: /healthz)
     return out
 
 

@@ -3,7 +3,8 @@
 
 Workloads: steady (1:1 at an offered rate), saturation (closed-loop senders,
 stepped up until throughput stops rising), fanout (one group, S senders),
-idle (C heartbeating connections), storm (N clients reconnecting at once).
+idle (C heartbeating connections), storm (N clients reconnecting at once),
+soak (slowloris sockets + idle connections + steady load; /healthz latency).
 Each starts its own ``chatd serve``, measures the PostgreSQL ceiling beside
 it, prints one table and writes one JSON file under benchmarks/results/.
 Exit status: 0 when every run passed its correctness checks, 1 otherwise.

@@ -36,7 +36,7 @@ class Window:
 
     async def __aenter__(self) -> Window:
         self.started = time.monotonic()
-        self.cpu0 = self.server.cpu_seconds()
+        self.cpu0 = self._last_cpu = self.server.cpu_seconds()
         self.busy0, self.total0 = machine_jiffies()
         self.load0 = self.pool.cpu_seconds() if self.pool is not None else 0.0
         self.pg0 = self._pg_cpu()
@@ -48,16 +48,28 @@ class Window:
         return self
 
     async def __aexit__(self, *exc: Any) -> bool:
+        assert self._scope is not None
+        self._scope.cancel()
+        try:
+            self._measure_end()
+        finally:
+            # Always leave the nursery entered in __aenter__ (else Trio's nursery stack is corrupted and
+            # the real error, e.g. the sampler's ServerError, is lost); its error wins over ours.
+            suppress = bool(await self._nursery_cm.__aexit__(*exc))
+        return suppress
+
+    def _measure_end(self) -> None:
         self.ended = time.monotonic()
-        self.cpu1 = self.server.cpu_seconds()
         self.busy1, self.total1 = machine_jiffies()
         self.load1 = self.pool.cpu_seconds() if self.pool is not None else 0.0
         self.pg1 = self._pg_cpu()
-        self.rss_end_kib = self.server.rss_kib()
+        try:
+            self.cpu1 = self.server.cpu_seconds()
+            self.rss_end_kib = self.server.rss_kib()
+        except OSError:  # the server died (and was reaped) during the window: its last sample stands
+            self.cpu1 = self._last_cpu
+            self.rss_end_kib = 0
         self.rss_peak_kib = max(self.rss_peak_kib, self.rss_end_kib)
-        assert self._scope is not None
-        self._scope.cancel()
-        return bool(await self._nursery_cm.__aexit__(*exc))
 
     def _pg_cpu(self) -> float | None:
         if self.postmaster is None:
@@ -71,6 +83,7 @@ class Window:
         while True:
             await trio.sleep(SAMPLE_EVERY_S)
             self.server.check_alive()
+            self._last_cpu = self.server.cpu_seconds()
             self.rss_peak_kib = max(self.rss_peak_kib, self.server.rss_kib())
 
     @property

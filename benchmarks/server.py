@@ -98,7 +98,8 @@ class ChatdServer:
 
     def check_alive(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
-            raise ServerError(f"chatd serve exited during the run:\n{self.log_tail()}")
+            code = None if self.proc is None else self.proc.returncode
+            raise ServerError(f"chatd serve exited (status {code}) during the run:\n{self.log_tail()}")
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
