@@ -290,6 +290,18 @@ async def test_an_idle_keep_alive_connection_is_closed(db_url: str) -> None:
         assert [a.status for a in parse_answers(data)] == [200]
 
 
+async def test_connection_close_is_honoured_at_once(db_url: str) -> None:
+    """A client that asks for ``Connection: close`` and then just waits is closed after
+    its answer, well before the keep-alive timeout (it cannot hold a socket forever)."""
+    async with running_server(db_url, {"server": {"keepalive_timeout_s": 60.0}}) as srv:
+        stream = await connect(srv)
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = await read_to_close(stream, patience=10.0)
+        (answer,) = parse_answers(data)
+        assert answer.status == 200 and answer.headers.get(b"connection") == b"close"
+
+
 async def test_keep_alive_still_serves_several_requests(db_url: str) -> None:
     async with fast_server(db_url) as srv:
         stream = await connect(srv)

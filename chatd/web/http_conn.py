@@ -161,6 +161,19 @@ class JsonErrorH11(H11Protocol):
         else:
             await self.send(RawData(data=data))
 
+    async def _maybe_recycle(self) -> None:
+        """hypercorn's end of a request (next cycle, or close), never cut short.
+
+        It runs in the request's own task, from the app's last send; quart-trio
+        cancels that task as soon as it hears ``http.disconnect``, which this
+        very call sends it first. Unshielded, the cancellation lands before
+        ``Closed`` (a ``Connection: close`` answer: the socket would stay open)
+        or ``Updated(idle=True)`` (the keep-alive deadline would never start) is
+        sent. The work is bounded: bookkeeping and closing our own socket.
+        """
+        with trio.CancelScope(shield=True):
+            await super()._maybe_recycle()
+
     async def _check_protocol(self, event: h11.Request) -> None:
         """No switch to HTTP/2; a request framed twice is refused (RFC 9112 §6.1)."""
         names = {name.lower() for name, _ in event.headers}
