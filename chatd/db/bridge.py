@@ -188,7 +188,6 @@ class Bridge:
     # --- database thread ---------------------------------------------------------------
 
     def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
         cause: BaseException | None = None
         try:
             self._loop.run_forever()
@@ -197,7 +196,6 @@ class Bridge:
         finally:
             if not self._stopping:
                 self._last_rites()
-            asyncio.set_event_loop(None)
             self.to_trio(self._thread_ended, cause)
 
     def _last_rites(self) -> None:
