@@ -100,9 +100,10 @@ class _BridgeDown(Unavailable):
 class _Crossing(Generic[T]):
     """One coroutine in flight: started and cancelled on the loop, finished in Trio.
 
-    ``task`` is touched only on the database thread; ``done``, ``value`` and
-    ``error`` are read only in Trio after ``done`` was set there (through the
-    token, which orders the writes before the read).
+    ``_task`` and ``_cancelled_early`` are touched only on the database
+    thread; ``value`` and ``error`` are written there once and read in Trio
+    only after ``done`` was set there (through the token, which orders the
+    write before the read).
     """
 
     __slots__ = ("_bridge", "_coro", "_task", "_cancelled_early", "done", "value", "error")
