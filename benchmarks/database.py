@@ -13,8 +13,9 @@
   system PostgreSQL (which chatd's search order would find first) is older;
   ``--pg-bin-dir`` picks others.
 
-Administrative statements run in plain asyncio with asyncpg (``asyncio.run``);
-this module never imports chatd's storage layer.
+Administrative statements run in plain asyncio with asyncpg (``asyncio.run``),
+through :func:`chatd.testing.admin`, the helper the tests use too; this module
+never imports chatd's storage layer.
 """
 
 from __future__ import annotations
@@ -26,14 +27,11 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-
-def with_database(dsn: str, name: str) -> str:
-    """The same server and credentials, another database."""
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+from chatd.testing import admin as _admin
+from chatd.testing import with_database
 
 
 def wheel_bin_dir() -> str:
@@ -43,18 +41,6 @@ def wheel_bin_dir() -> str:
         return ""
     bin_dir = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
     return str(bin_dir) if (bin_dir / "postgres").exists() else ""
-
-
-def _admin(dsn: str, *statements: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(with_database(dsn, "postgres"))
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 def postmaster_pid(dsn: str) -> int | None:

@@ -9,7 +9,8 @@ not the server.
 The server under test runs exactly as an operator runs it (``python -m
 chatd serve``), configured only through ``CHATD_*`` variables, with its own
 temporary data_dir and working directory (so no ``chatd.toml`` is picked
-up), on port 0. The suite reads its real port from the ``listening on`` line,
+up), on port 0. The suite reads its real port from the ``listening on`` line
+(the command and that line are :mod:`chatd.testing`'s, shared with the tests),
 and measures it from outside through /proc. It is stopped with SIGTERM (its
 graceful drain), and killed only if it does not exit in time.
 """
@@ -20,12 +21,12 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import IO
 
 from benchmarks.proc import cpu_seconds, raise_nofile, rss_kib
+from chatd.testing import listening_url, serve_command
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
@@ -80,7 +81,7 @@ class ChatdServer:
         nofile = self.nofile
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatd", "serve"],
+            serve_command(),
             cwd=self.workdir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -90,10 +91,11 @@ class ChatdServer:
         )
         assert self.proc.stdout is not None
         line = _read_line(self.proc.stdout, START_TIMEOUT_S)
-        if not line.startswith("listening on "):
+        url = listening_url(line)
+        if url is None:
             self.stop()
             raise ServerError(f"chatd serve did not start ({line!r}):\n{self.log_tail()}")
-        self.url = line.removeprefix("listening on ").strip()
+        self.url = url
         return self.url
 
     def check_alive(self) -> None:

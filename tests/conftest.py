@@ -10,40 +10,23 @@ after everything the suite did.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 import trio
 
 from chatd.db.bridge import Database, open_bridge
 from chatd.db.migrate import migrate
 from chatd.db.store import Store
+from chatd.testing import admin as _admin
+from chatd.testing import with_database  # tests/test_cli.py imports it from here
 
 TEMPLATE = f"chatd_test_template_{os.getpid()}"
 _counter = itertools.count(1)
-
-
-def with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-def _admin(dsn: str, *statements: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(with_database(dsn, "postgres"))
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
 
 
 async def _migrate(dsn: str) -> None:

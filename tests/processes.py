@@ -1,15 +1,15 @@
 """Real ``chatd serve`` processes for tests: start, find their URL, stop by pid.
 
 Shared by the command-line, cluster and systemd tests. Every process started
-here is ended by its own pid when the ``serving`` block exits.
+here is ended by its own pid when the ``serving`` block exits. The command
+line and the ``listening on`` line are :mod:`chatd.testing`'s, shared with the
+benchmarks.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,10 +20,10 @@ import trio
 from chatd.db.store import Store
 from chatd.hub import Hub
 from chatd.services.auth import AuthService
+from chatd.testing import listening_url, serve_command
 from tests.support import open_db
 
 REPO = Path(__file__).resolve().parent.parent
-LISTENING_RE = re.compile(r"^listening on http://127\.0\.0\.1:(\d+)$")
 
 
 def cli_env(db_url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -72,7 +72,7 @@ async def serving(cwd: Path, db_url: str, env: Mapping[str, str] | None = None) 
     stderr_path = cwd / f"serve-{len(list(cwd.glob('serve-*.log')))}.log"
     with stderr_path.open("wb") as stderr_file:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "chatd", "serve"],
+            serve_command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr_file,
@@ -87,9 +87,9 @@ async def serving(cwd: Path, db_url: str, env: Mapping[str, str] | None = None) 
                 chunk = await proc.stdout.receive_some()
                 assert chunk, f"serve exited before listening: {stderr_path.read_text()}"
                 buffer.extend(chunk)
-        match = LISTENING_RE.match(buffer.split(b"\n", 1)[0].decode())
-        assert match, buffer
-        yield Serving(proc, match[0].removeprefix("listening on "), buffer, stderr_path)
+        url = listening_url(buffer.split(b"\n", 1)[0].decode())
+        assert url is not None and url.startswith("http://127.0.0.1:"), buffer
+        yield Serving(proc, url, buffer, stderr_path)
     finally:
         if proc.returncode is None:
             proc.kill()
