@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from chatd.db.store import SendRequest, Store
 from chatd.errors import Invalid, RateLimited, TooLarge
 from chatd.hub import Hub
+from chatd.limits import MAX_CLIENT_MSG_ID_CHARS, is_client_msg_id
 from chatd.models import Ack, Message, Principal
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.writer import SendWriter
-
-MAX_CLIENT_MSG_ID_CHARS = 64
 
 
 class MessageService:
@@ -41,8 +40,8 @@ class MessageService:
 
         Raises NotMember, Invalid, TooLarge, RateLimited, or Unavailable (nothing stored).
         """
-        if not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS:
-            raise Invalid(f"client_msg_id: 1..{MAX_CLIENT_MSG_ID_CHARS} characters")
+        if not is_client_msg_id(client_msg_id):
+            raise Invalid(f"client_msg_id: 1..{MAX_CLIENT_MSG_ID_CHARS} characters, no NUL")
         if len(text) > self.max_text_chars:
             raise TooLarge(f"text: at most {self.max_text_chars} characters")
         if media_ids:

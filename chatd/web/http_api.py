@@ -22,6 +22,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestTimeout
 
 from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, TooLarge, Unauthorized
+from chatd.limits import ID_MAX
 from chatd.models import Channel, Principal
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
@@ -383,8 +384,8 @@ def build_http_app(
     async def history(raw_id: str) -> Response:
         who = await principal()
         channel_id = params.path_id(raw_id, "channel_id")
-        before = params.query_int(request.args, "before", default=None, low=0, high=params.MAX_ID)
-        after = params.query_int(request.args, "after", default=None, low=0, high=params.MAX_ID)
+        before = params.query_int(request.args, "before", default=None, low=0, high=ID_MAX)
+        after = params.query_int(request.args, "after", default=None, low=0, high=ID_MAX)
         if before is not None and after is not None:
             raise Invalid("before and after: give one, not both")
         limit = params.query_int(request.args, "limit", default=50, low=1, high=200)
@@ -409,7 +410,7 @@ def build_http_app(
     async def sync() -> Response:
         token = bearer()
         who = await auth.authenticate(token)
-        after = params.query_int(request.args, "after", default=0, low=0, high=params.MAX_ID)
+        after = params.query_int(request.args, "after", default=0, low=0, high=ID_MAX)
         limit = params.query_int(request.args, "limit", default=100, low=1, high=SYNC_PAGE_MAX)
         timeout_ms = params.query_int(request.args, "timeout_ms", default=0, low=0, high=MAX_SYNC_TIMEOUT_MS)
         assert after is not None and limit is not None and timeout_ms is not None

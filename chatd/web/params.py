@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chatd.errors import BadRequest, Invalid
-
-MAX_ID = 2**63 - 1
+from chatd.limits import ID_MAX
 
 
 def body_object(body: Any) -> Mapping[str, Any]:
@@ -17,7 +16,7 @@ def body_object(body: Any) -> Mapping[str, Any]:
 
 
 def id_value(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ID_MAX:
         raise Invalid(f"{name}: a positive integer id")
     return value
 

@@ -26,6 +26,7 @@ from typing import Final, Literal, NoReturn, TypeAlias
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs published
 
+from chatd.limits import is_client_msg_id
 from chatd.models import InboxEvent
 from chatd.wire.frames import (
     ID_MAX,
@@ -288,8 +289,7 @@ def _decode_send(fields: _Fields, ref: str | None) -> SendFrame:
     client_msg_id = _required(fields, "client_msg_id")
     if (
         type(client_msg_id) is not str
-        or not 1 <= len(client_msg_id) <= MAX_CLIENT_MSG_ID_CHARS
-        or "\x00" in client_msg_id
+        or not is_client_msg_id(client_msg_id)
         or not _is_storable(client_msg_id)
     ):
         raise _FieldError(

@@ -19,6 +19,8 @@ from typing import ClassVar, Final, TypeAlias
 
 import attrs
 
+from chatd.limits import ID_MAX, MAX_CLIENT_MSG_ID_CHARS
+
 __all__ = [
     "ClientFrame",
     "ID_MAX",
@@ -38,11 +40,7 @@ __all__ = [
     "TypingFrame",
 ]
 
-#: Largest id / seq / cursor: PostgreSQL BIGINT. Ids are 1..ID_MAX, seqs and
-#: cursors 0..ID_MAX.
-ID_MAX: Final = 2**63 - 1
 MAX_REF_CHARS: Final = 64
-MAX_CLIENT_MSG_ID_CHARS: Final = 64
 MAX_MEDIA_IDS: Final = 10
 MAX_PRESENCE_USER_IDS: Final = 500
 MAX_PING_T_CHARS: Final = 64
