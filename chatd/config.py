@@ -75,6 +75,9 @@ Check = Callable[[Any], str | None]
 """A range check, given a value of its key's type (already type-checked):
 returns a complaint ("must be greater than 0, got 0") or None."""
 
+Kind = type[str] | type[int] | type[float] | type[bool] | type[tuple[str, ...]]
+"""A key's type as :class:`Key` records it: ``tuple`` stands for :data:`Strings`."""
+
 _V = TypeVar("_V", bound=Value)
 
 
@@ -374,7 +377,7 @@ class Key:
 
     section: str
     name: str
-    kind: type[str] | type[int] | type[float] | type[bool] | type[tuple[str, ...]]
+    kind: Kind
     default: Value
     check: Check | None
     doc: str
@@ -390,7 +393,7 @@ class Key:
         return ENV_PREFIX + self.dotted.replace(".", "_").upper()
 
 
-_KINDS: dict[object, type[str] | type[int] | type[float] | type[bool] | type[tuple[str, ...]]] = {
+_KINDS: dict[object, Kind] = {
     str: str, int: int, float: float, bool: bool, Strings: tuple,
 }
 _DESCRIPTIONS: dict[type, str] = {
@@ -431,7 +434,8 @@ _BY_ENV_VAR: dict[str, Key] = {k.env_var: k for k in KEYS}
 
 
 def _arguments(section: str, values: Mapping[str, Value]) -> dict[str, Value]:
-    """One section class's constructor arguments, by field name."""
+    """One section class's constructor arguments, by field name: its own
+    declared keys, so ``Cls(**arguments)`` cannot pass a stray name."""
     return {key.name: values[key.dotted] for key in KEYS if key.section == section}
 
 

@@ -99,6 +99,17 @@ def test_classes_refuse_out_of_range_values() -> None:
         attrs.evolve(config.security, allowed_origins=("https://a.example.com/",))
 
 
+def test_declared_default_must_have_the_key_type() -> None:
+    """A float key declared with an int default would load as an int: refused at import."""
+
+    @attrs.frozen
+    class Bad:
+        rate: float = config_module._key(20, "Rate.")
+
+    with pytest.raises(TypeError, match=r"^Bad\.rate: default 20 is not float$"):
+        list(config_module._keys_of(Bad, "bad"))
+
+
 def test_env_var_names_derived_from_keys() -> None:
     by_key = {key.dotted: key.env_var for key in KEYS}
     assert by_key["server.port"] == "CHATD_SERVER_PORT"
