@@ -1,14 +1,29 @@
 """chatd configuration: ``chatd.toml`` plus ``CHATD_*`` environment overrides.
 
-Every key lives in one declarative table, :data:`KEYS` (name, type, default,
-range check). Loading is three steps:
+Each key is declared once, as a field of its section class::
+
+    port: int = _key(8080, "Port HTTP and WebSocket listen on ...", _between(0, 65535))
+
+The annotation is the key's type, then come its default, the comment that
+precedes it in the shipped ``chatd.toml`` (a test holds the two together) and
+its range check, which is also the field's attrs validator, so no value class
+can hold an out-of-range value. The section classes are the fields of
+:class:`Config` whose type is an attrs class; ``Config``'s own declared fields
+are the top-level keys. Everything else is derived from those classes: the key
+table :data:`KEYS`, the section names, the environment variable names, the
+type names in messages and the constructors. Declarations on the classes were
+chosen over a separate table because the classes must exist anyway (callers
+read ``config.server.port``) and mypy checks the default against the field's
+type; a table would need the classes built from it dynamically, out of mypy's
+sight.
+
+Loading is three steps:
 
 1. collect settings from the defaults, the file and the environment, each
    strictly typed (a TOML string where an integer is expected is refused, an
    environment string is converted to the key's type);
-2. range-check the merged values;
-3. build the frozen attrs classes through their named ``from_values``
-   constructors.
+2. range-check the merged values, in declaration order;
+3. build the frozen attrs classes.
 
 Any mistake raises :class:`ConfigError` with one line naming the key at fault
 (and the environment variable, when one was the source), because a server
@@ -21,7 +36,7 @@ import math
 import os
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +58,7 @@ __all__ = [
     "SecurityConfig",
     "ServerConfig",
     "config_from_mapping",
+    "default_node_name",
     "load_config",
 ]
 
@@ -59,7 +75,10 @@ Check = Callable[[Any], str | None]
 """A range check, given a value of its key's type (already type-checked):
 returns a complaint ("must be greater than 0, got 0") or None."""
 
-_T = TypeVar("_T", str, int, float, bool)
+Kind = type[str] | type[int] | type[float] | type[bool] | type[tuple[str, ...]]
+"""A key's type as :class:`Key` records it: ``tuple`` stands for :data:`Strings`."""
+
+_V = TypeVar("_V", bound=Value)
 
 
 class ConfigError(Exception):
@@ -114,12 +133,242 @@ def _origins(values: Strings) -> str | None:
     return None
 
 
-# --- the table ----------------------------------------------------------------
+# --- declaring a key ------------------------------------------------------------
+
+
+def _key(default: _V, doc: str, check: Check | None = None) -> _V:
+    """A configuration key, as an attrs field of its section class.
+
+    ``doc`` is the comment above the key in ``chatd.toml`` (``\\n`` between
+    its lines); ``check`` becomes the field's validator as well.
+    """
+    return attrs.field(
+        default=default,
+        validator=None if check is None else _validator(check),
+        metadata={"doc": doc, "check": check},
+    )
+
+
+def _validator(check: Check) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    """Loading reports a bad value first, naming its source; this keeps
+    ``attrs.evolve`` and direct construction from building one."""
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        complaint = check(value)
+        if complaint is not None:
+            raise ValueError(f"{type(instance).__name__}.{attribute.name}: {complaint}")
+
+    return validate
+
+
+# --- the value classes: the declarations ---------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """``[server]``: where HTTP and WebSocket listen, and per-connection limits."""
+
+    host: str = _key("127.0.0.1", "Address HTTP and WebSocket listen on.", _not_empty)
+    port: int = _key(
+        8080, "Port HTTP and WebSocket listen on (0: any free port, printed on start).", _between(0, 65535)
+    )
+    heartbeat_s: int = _key(30, "Heartbeat interval in seconds, sent to clients in `welcome`.", _positive)
+    drain_timeout_s: float = _key(
+        10.0, "Seconds a graceful stop (SIGTERM/SIGINT) waits for in-flight sends.", _positive
+    )
+    outgoing_queue: int = _key(
+        256, "Frames queued per WebSocket connection before it counts as a slow consumer.", _positive
+    )
+    send_stall_s: float = _key(
+        5.0, "Seconds a full outgoing queue may stay full before the connection is closed with 1008.", _positive
+    )
+    head_timeout_s: float = _key(
+        10.0, "Seconds a client has to send a whole HTTP request head, counted from its first byte.", _positive
+    )
+    body_timeout_s: float = _key(
+        30.0,
+        "Seconds a client has to send an HTTP request body once its head arrived (then 408 and close).",
+        _positive,
+    )
+    keepalive_timeout_s: float = _key(
+        75.0, "Seconds an idle keep-alive HTTP connection stays open between requests.", _positive
+    )
+
+
+@attrs.frozen(kw_only=True)
+class DatabaseConfig:
+    """``[database]``: an external PostgreSQL URL, or the embedded server."""
+
+    url: str = _key("", "PostgreSQL URL; empty runs an embedded PostgreSQL under data_dir.")
+    pg_bin_dir: str = _key(
+        "", "Directory of the PostgreSQL binaries for the embedded server; empty: search for them."
+    )
+    pool_min: int = _key(2, "Connections the pool keeps open.", _positive)
+    pool_max: int = _key(10, "Connections the pool may open at most (pool_min <= pool_max).", _positive)
+    embedded_tcp_port: int = _key(
+        -1,
+        "Embedded server's TCP port, for psql: -1 unix socket only, 0 any free port, else that port.",
+        _between(-1, 65535),
+    )
+
+    @property
+    def embedded(self) -> bool:
+        """True when chatd runs its own PostgreSQL under ``data_dir``."""
+        return self.url == ""
+
+
+@attrs.frozen(kw_only=True)
+class LimitsConfig:
+    """``[limits]``: sizes, and the per-user rates (token buckets) of sends,
+    channel operations, and users put into channels by someone else."""
+
+    max_frame_bytes: int = _key(65536, "Larger WebSocket frames close the connection with 1009.", _positive)
+    max_text_chars: int = _key(4000, "Longer message text is refused with `too_large`.", _positive)
+    max_group_members: int = _key(
+        10000, "Adding members past this is refused with `too_large` (413 over HTTP).", _positive
+    )
+    media_max_bytes: int = _key(10485760, "Larger media uploads are refused with 413.", _positive)
+    send_rate_per_s: float = _key(
+        20.0, "Per-user token bucket refill rate, messages per second; over it: `rate_limited`.", _positive
+    )
+    send_burst: int = _key(40, "Per-user token bucket size (burst of messages allowed at once).", _positive)
+    channel_ops_per_min: float = _key(
+        30.0,
+        "Channel creations (group or DM), renames, member additions and removals per\n"
+        "user per minute (token bucket refill); over it: 429 `rate_limited`.",
+        _positive,
+    )
+    channel_ops_burst: int = _key(10, "Channel operations allowed at once (token bucket size).", _positive)
+    channel_invites_per_min: float = _key(
+        120.0,
+        "Users a user may put into channels (group members, added members, a DM's\n"
+        "other user) per minute; over it: 429 `rate_limited`.",
+        _positive,
+    )
+    channel_invites_burst: int = _key(
+        200, "Users put into channels at once; one request may always add this many.", _positive
+    )
+
+
+@attrs.frozen(kw_only=True)
+class FanoutConfig:
+    """``[fanout]``: above ``inbox_max_members`` members, fan-out on read."""
+
+    inbox_max_members: int = _key(
+        1000,
+        "Channels with more members than this are large: no inbox entries, history is read on demand.",
+        _positive,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ReceiptsConfig:
+    """``[receipts]``: above ``fanout_max_members``, live ``receipt_update`` only."""
+
+    fanout_max_members: int = _key(
+        50,
+        "Up to this many members a receipt becomes an inbox event; above it, live `receipt_update` only.",
+        _positive,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PresenceConfig:
+    """``[presence]``: seconds without a heartbeat before a user is offline."""
+
+    timeout_s: int = _key(
+        60, "A user is online while a connection sent a frame within this many seconds.", _positive
+    )
+
+
+@attrs.frozen(kw_only=True)
+class PushConfig:
+    """``[push]``: whether push notifications carry a message preview."""
+
+    include_preview: bool = _key(
+        True, "Whether push deliveries include a preview (first 100 chars); false sends null."
+    )
+
+
+@attrs.frozen(kw_only=True)
+class SecurityConfig:
+    """``[security]``: browser origins, login throttling, token lifetime."""
+
+    allowed_origins: Strings = _key(
+        (),
+        "Origin values allowed on the WebSocket upgrade and in CORS answers besides the server's own"
+        ' ("*": any).',
+        _origins,
+    )
+    login_attempts_per_min: int = _key(
+        10, "Failed logins allowed per minute per username and per client address; over it: 429.", _positive
+    )
+    token_ttl_days: int = _key(
+        0, "Days a token stays valid after it was issued; 0: until revoked.", _not_negative
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The whole configuration, as loaded.
+
+    ``data_dir`` and ``node_name`` are the top-level keys. ``node_name`` is
+    the effective name (computed when the file left it empty); ``data_path``
+    is ``data_dir`` resolved against the working directory at load time, so a
+    later ``chdir`` cannot move the data. Each field typed with a section
+    class is a ``[section]`` of the file, named like the field.
+    """
+
+    data_dir: str = _key(
+        "./var",
+        "Directory for the embedded database and media files (relative: to the working directory).",
+        _not_empty,
+    )
+    node_name: str = _key("", 'Shown in welcome.node and `chatd stats`; empty means host name + "-" + pid.')
+    data_path: Path
+    server: ServerConfig
+    database: DatabaseConfig
+    limits: LimitsConfig
+    fanout: FanoutConfig
+    receipts: ReceiptsConfig
+    presence: PresenceConfig
+    push: PushConfig
+    security: SecurityConfig
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Value]) -> Config:
+        """Build from checked values by dotted key, every key present."""
+        data_dir, node_name = values["data_dir"], values["node_name"]
+        if not isinstance(data_dir, str) or not isinstance(node_name, str):  # unreachable once typed
+            raise TypeError(f"data_dir, node_name: {data_dir!r}, {node_name!r} are not strings")
+        sections: dict[str, Any] = {
+            section: kind(**_arguments(section, values)) for section, kind in _SECTION_CLASSES.items()
+        }
+        return cls(
+            data_dir=data_dir,
+            node_name=node_name or default_node_name(),
+            data_path=Path(data_dir).expanduser().resolve(),
+            **sections,
+        )
+
+    @classmethod
+    def defaults(cls) -> Config:
+        """Every key at its default: what loading an empty file gives."""
+        return config_from_mapping({})
+
+
+def default_node_name() -> str:
+    """Host name + pid: unique per running process, readable in ``chatd stats``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+# --- the key table, derived -----------------------------------------------------
 
 
 @attrs.frozen
 class Key:
-    """One configuration key: where it lives, its type, default and range check.
+    """One configuration key, as read off its field: where it lives, its
+    type, default, range check and the comment shown in ``chatd.toml``.
 
     ``section`` is ``""`` for top-level keys. ``kind`` is the Python type of
     the value; ``float`` keys also accept TOML integers and store a float;
@@ -128,9 +377,10 @@ class Key:
 
     section: str
     name: str
-    kind: type[str] | type[int] | type[float] | type[bool] | type[tuple[str, ...]]
+    kind: Kind
     default: Value
-    check: Check | None = None
+    check: Check | None
+    doc: str
 
     @property
     def dotted(self) -> str:
@@ -143,269 +393,50 @@ class Key:
         return ENV_PREFIX + self.dotted.replace(".", "_").upper()
 
 
+_KINDS: dict[object, Kind] = {
+    str: str, int: int, float: float, bool: bool, Strings: tuple,
+}
+_DESCRIPTIONS: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a finite number",  # nan and inf are no sensible timeout or rate
+    bool: "a boolean (true/false)",
+    tuple: "a list of strings",
+}
+
+
+def _keys_of(cls: type[Any], section: str) -> Iterator[Key]:
+    """The keys declared (with :func:`_key`) on one class, in field order."""
+    attrs.resolve_types(cls)
+    for field in attrs.fields(cls):
+        if "doc" not in field.metadata:
+            continue
+        kind = _KINDS[field.type]
+        if type(field.default) is not kind:  # e.g. a float key declared with default 20
+            raise TypeError(f"{cls.__name__}.{field.name}: default {field.default!r} is not {kind.__name__}")
+        yield Key(section, field.name, kind, field.default, field.metadata["check"], field.metadata["doc"])
+
+
+attrs.resolve_types(Config)
+_SECTION_CLASSES: dict[str, type[Any]] = {
+    f.name: f.type for f in attrs.fields(Config) if isinstance(f.type, type) and attrs.has(f.type)
+}
+
 KEYS: tuple[Key, ...] = (
-    Key("", "data_dir", str, "./var", _not_empty),
-    Key("", "node_name", str, ""),  # empty: host name + pid, computed at load
-    Key("server", "host", str, "127.0.0.1", _not_empty),
-    Key("server", "port", int, 8080, _between(0, 65535)),
-    Key("server", "heartbeat_s", int, 30, _positive),
-    Key("server", "drain_timeout_s", float, 10.0, _positive),
-    Key("server", "outgoing_queue", int, 256, _positive),
-    Key("server", "send_stall_s", float, 5.0, _positive),
-    Key("server", "head_timeout_s", float, 10.0, _positive),
-    Key("server", "body_timeout_s", float, 30.0, _positive),
-    Key("server", "keepalive_timeout_s", float, 75.0, _positive),
-    Key("database", "url", str, ""),  # empty: embedded server under data_dir
-    Key("database", "pg_bin_dir", str, ""),  # empty: search for the binaries
-    Key("database", "pool_min", int, 2, _positive),
-    Key("database", "pool_max", int, 10, _positive),
-    Key("database", "embedded_tcp_port", int, -1, _between(-1, 65535)),
-    Key("limits", "max_frame_bytes", int, 65536, _positive),
-    Key("limits", "max_text_chars", int, 4000, _positive),
-    Key("limits", "max_group_members", int, 10000, _positive),
-    Key("limits", "media_max_bytes", int, 10485760, _positive),
-    Key("limits", "send_rate_per_s", float, 20.0, _positive),
-    Key("limits", "send_burst", int, 40, _positive),
-    Key("limits", "channel_ops_per_min", float, 30.0, _positive),
-    Key("limits", "channel_ops_burst", int, 10, _positive),
-    Key("limits", "channel_invites_per_min", float, 120.0, _positive),
-    Key("limits", "channel_invites_burst", int, 200, _positive),
-    Key("fanout", "inbox_max_members", int, 1000, _positive),
-    Key("receipts", "fanout_max_members", int, 50, _positive),
-    Key("presence", "timeout_s", int, 60, _positive),
-    Key("push", "include_preview", bool, True),
-    Key("security", "allowed_origins", tuple, (), _origins),
-    Key("security", "login_attempts_per_min", int, 10, _positive),
-    Key("security", "token_ttl_days", int, 0, _not_negative),
+    *_keys_of(Config, ""),
+    *(key for section, kind in _SECTION_CLASSES.items() for key in _keys_of(kind, section)),
 )
 
-SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.section for k in KEYS if k.section))
+SECTIONS: tuple[str, ...] = tuple(_SECTION_CLASSES)
 
 _BY_DOTTED: dict[str, Key] = {k.dotted: k for k in KEYS}
 _BY_ENV_VAR: dict[str, Key] = {k.env_var: k for k in KEYS}
 
 
-# --- the value classes --------------------------------------------------------
-
-
-@attrs.frozen
-class _Values:
-    """Checked values by dotted key, with a typed getter.
-
-    Lets each section class name its fields explicitly in ``from_values``
-    instead of being built with ``Cls(**mapping)``.
-    """
-
-    by_key: Mapping[str, Value]
-
-    def get(self, dotted: str, kind: type[_T]) -> _T:
-        value = self.by_key[dotted]
-        if not isinstance(value, kind):  # unreachable once _check_type ran
-            raise TypeError(f"{dotted}: {value!r} is not {kind.__name__}")
-        return value
-
-    def strings(self, dotted: str) -> Strings:
-        value = self.by_key[dotted]
-        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-            raise TypeError(f"{dotted}: {value!r} is not a tuple of strings")
-        return value
-
-
-@attrs.frozen(kw_only=True)
-class ServerConfig:
-    """``[server]``: where HTTP and WebSocket listen, and per-connection limits."""
-
-    host: str
-    port: int
-    heartbeat_s: int
-    drain_timeout_s: float
-    outgoing_queue: int
-    send_stall_s: float
-    head_timeout_s: float
-    body_timeout_s: float
-    keepalive_timeout_s: float
-
-    @classmethod
-    def from_values(cls, values: _Values) -> ServerConfig:
-        return cls(
-            host=values.get("server.host", str),
-            port=values.get("server.port", int),
-            heartbeat_s=values.get("server.heartbeat_s", int),
-            drain_timeout_s=values.get("server.drain_timeout_s", float),
-            outgoing_queue=values.get("server.outgoing_queue", int),
-            send_stall_s=values.get("server.send_stall_s", float),
-            head_timeout_s=values.get("server.head_timeout_s", float),
-            body_timeout_s=values.get("server.body_timeout_s", float),
-            keepalive_timeout_s=values.get("server.keepalive_timeout_s", float),
-        )
-
-
-@attrs.frozen(kw_only=True)
-class DatabaseConfig:
-    """``[database]``: an external PostgreSQL URL, or the embedded server."""
-
-    url: str
-    pg_bin_dir: str
-    pool_min: int
-    pool_max: int
-    embedded_tcp_port: int
-
-    @property
-    def embedded(self) -> bool:
-        """True when chatd runs its own PostgreSQL under ``data_dir``."""
-        return self.url == ""
-
-    @classmethod
-    def from_values(cls, values: _Values) -> DatabaseConfig:
-        return cls(
-            url=values.get("database.url", str),
-            pg_bin_dir=values.get("database.pg_bin_dir", str),
-            pool_min=values.get("database.pool_min", int),
-            pool_max=values.get("database.pool_max", int),
-            embedded_tcp_port=values.get("database.embedded_tcp_port", int),
-        )
-
-
-@attrs.frozen(kw_only=True)
-class LimitsConfig:
-    """``[limits]``: sizes, and the per-user rates (token buckets) of sends,
-    channel operations, and users put into channels by someone else."""
-
-    max_frame_bytes: int
-    max_text_chars: int
-    max_group_members: int
-    media_max_bytes: int
-    send_rate_per_s: float
-    send_burst: int
-    channel_ops_per_min: float
-    channel_ops_burst: int
-    channel_invites_per_min: float
-    channel_invites_burst: int
-
-    @classmethod
-    def from_values(cls, values: _Values) -> LimitsConfig:
-        return cls(
-            max_frame_bytes=values.get("limits.max_frame_bytes", int),
-            max_text_chars=values.get("limits.max_text_chars", int),
-            max_group_members=values.get("limits.max_group_members", int),
-            media_max_bytes=values.get("limits.media_max_bytes", int),
-            send_rate_per_s=values.get("limits.send_rate_per_s", float),
-            send_burst=values.get("limits.send_burst", int),
-            channel_ops_per_min=values.get("limits.channel_ops_per_min", float),
-            channel_ops_burst=values.get("limits.channel_ops_burst", int),
-            channel_invites_per_min=values.get("limits.channel_invites_per_min", float),
-            channel_invites_burst=values.get("limits.channel_invites_burst", int),
-        )
-
-
-@attrs.frozen(kw_only=True)
-class FanoutConfig:
-    """``[fanout]``: above ``inbox_max_members`` members, fan-out on read."""
-
-    inbox_max_members: int
-
-    @classmethod
-    def from_values(cls, values: _Values) -> FanoutConfig:
-        return cls(inbox_max_members=values.get("fanout.inbox_max_members", int))
-
-
-@attrs.frozen(kw_only=True)
-class ReceiptsConfig:
-    """``[receipts]``: above ``fanout_max_members``, live ``receipt_update`` only."""
-
-    fanout_max_members: int
-
-    @classmethod
-    def from_values(cls, values: _Values) -> ReceiptsConfig:
-        return cls(fanout_max_members=values.get("receipts.fanout_max_members", int))
-
-
-@attrs.frozen(kw_only=True)
-class PresenceConfig:
-    """``[presence]``: seconds without a heartbeat before a user is offline."""
-
-    timeout_s: int
-
-    @classmethod
-    def from_values(cls, values: _Values) -> PresenceConfig:
-        return cls(timeout_s=values.get("presence.timeout_s", int))
-
-
-@attrs.frozen(kw_only=True)
-class PushConfig:
-    """``[push]``: whether push notifications carry a message preview."""
-
-    include_preview: bool
-
-    @classmethod
-    def from_values(cls, values: _Values) -> PushConfig:
-        return cls(include_preview=values.get("push.include_preview", bool))
-
-
-@attrs.frozen(kw_only=True)
-class SecurityConfig:
-    """``[security]``: browser origins, login throttling, token lifetime."""
-
-    allowed_origins: Strings
-    login_attempts_per_min: int
-    token_ttl_days: int
-
-    @classmethod
-    def from_values(cls, values: _Values) -> SecurityConfig:
-        return cls(
-            allowed_origins=values.strings("security.allowed_origins"),
-            login_attempts_per_min=values.get("security.login_attempts_per_min", int),
-            token_ttl_days=values.get("security.token_ttl_days", int),
-        )
-
-
-@attrs.frozen(kw_only=True)
-class Config:
-    """The whole configuration, as loaded.
-
-    ``node_name`` is the effective name (computed when the file left it
-    empty); ``data_path`` is ``data_dir`` resolved against the working
-    directory at load time, so a later ``chdir`` cannot move the data.
-    """
-
-    data_dir: str
-    node_name: str
-    data_path: Path
-    server: ServerConfig
-    database: DatabaseConfig
-    limits: LimitsConfig
-    fanout: FanoutConfig
-    receipts: ReceiptsConfig
-    presence: PresenceConfig
-    push: PushConfig
-    security: SecurityConfig
-
-    @classmethod
-    def from_values(cls, values: _Values) -> Config:
-        data_dir = values.get("data_dir", str)
-        return cls(
-            data_dir=data_dir,
-            node_name=values.get("node_name", str) or default_node_name(),
-            data_path=Path(data_dir).expanduser().resolve(),
-            server=ServerConfig.from_values(values),
-            database=DatabaseConfig.from_values(values),
-            limits=LimitsConfig.from_values(values),
-            fanout=FanoutConfig.from_values(values),
-            receipts=ReceiptsConfig.from_values(values),
-            presence=PresenceConfig.from_values(values),
-            push=PushConfig.from_values(values),
-            security=SecurityConfig.from_values(values),
-        )
-
-    @classmethod
-    def defaults(cls) -> Config:
-        """Every key at its default: what loading an empty file gives."""
-        return config_from_mapping({})
-
-
-def default_node_name() -> str:
-    """Host name + pid: unique per running process, readable in ``chatd stats``."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+def _arguments(section: str, values: Mapping[str, Value]) -> dict[str, Value]:
+    """One section class's constructor arguments, by field name: its own
+    declared keys, so ``Cls(**arguments)`` cannot pass a stray name."""
+    return {key.name: values[key.dotted] for key in KEYS if key.section == section}
 
 
 # --- loading ------------------------------------------------------------------
@@ -498,7 +529,7 @@ def _typed_setting(key: Key, value: object) -> _Setting:
         return _Setting(value, where)
     elif isinstance(value, list) and key.kind is tuple and all(isinstance(v, str) for v in value):
         return _Setting(tuple(value), where)
-    raise ConfigError(f"config: {where}: expected {_describe(key)}, got {_show(value)}")
+    raise ConfigError(f"config: {where}: expected {_DESCRIPTIONS[key.kind]}, got {_show(value)}")
 
 
 def _env_settings(environ: Mapping[str, str]) -> dict[str, _Setting]:
@@ -529,7 +560,7 @@ _FALSE = frozenset({"false", "0", "no"})
 def _env_setting(key: Key, var: str, raw: str) -> _Setting:
     """Convert an environment string to the key's type."""
     where = f"{var} ({key.dotted})"
-    complaint = f"config: {where}: expected {_describe(key)}, got {raw!r}"
+    complaint = f"config: {where}: expected {_DESCRIPTIONS[key.kind]}, got {raw!r}"
     if key.kind is str:
         return _Setting(raw, where)
     if key.kind is tuple:  # comma-separated; blanks around items and empty items dropped
@@ -553,40 +584,22 @@ def _build(settings: Mapping[str, _Setting]) -> Config:
     merged = {k.dotted: _Setting(k.default, k.dotted) for k in KEYS}
     merged.update(settings)
     for key in KEYS:
-        _check_range(key, merged[key.dotted])
-    values = _Values({d: s.value for d, s in merged.items()})
-    _check_pool(merged, values)
-    return Config.from_values(values)
+        setting = merged[key.dotted]
+        complaint = None if key.check is None else key.check(setting.value)
+        if complaint is not None:
+            raise ConfigError(f"config: {setting.where}: {complaint}")
+    _check_pool(merged["database.pool_min"], merged["database.pool_max"])
+    return Config.from_values({dotted: setting.value for dotted, setting in merged.items()})
 
 
-def _check_range(key: Key, setting: _Setting) -> None:
-    if key.check is None:
-        return
-    complaint = key.check(setting.value)
-    if complaint is not None:
-        raise ConfigError(f"config: {setting.where}: {complaint}")
-
-
-def _check_pool(merged: Mapping[str, _Setting], values: _Values) -> None:
+def _check_pool(pool_min: _Setting, pool_max: _Setting) -> None:
     """A pool cannot keep more idle connections than it may open."""
-    pool_min = values.get("database.pool_min", int)
-    pool_max = values.get("database.pool_max", int)
-    if pool_min > pool_max:
+    if not isinstance(pool_min.value, int) or not isinstance(pool_max.value, int):  # unreachable once typed
+        raise TypeError(f"pool sizes {pool_min.value!r}, {pool_max.value!r} are not integers")
+    if pool_min.value > pool_max.value:
         raise ConfigError(
-            f"config: {merged['database.pool_min'].where}: must not exceed"
-            f" {merged['database.pool_max'].where}, got {pool_min} > {pool_max}"
+            f"config: {pool_min.where}: must not exceed {pool_max.where}, got {pool_min.value} > {pool_max.value}"
         )
-
-
-def _describe(key: Key) -> str:
-    """The expected type, in words."""
-    return {
-        str: "a string",
-        int: "an integer",
-        float: "a finite number",  # nan and inf are no sensible timeout or rate
-        bool: "a boolean (true/false)",
-        tuple: "a list of strings",
-    }[key.kind]
 
 
 def _show(value: object) -> str:

@@ -88,6 +88,36 @@ def test_classes_are_frozen_and_slotted() -> None:
     assert attrs.evolve(config.server, port=1).port == 1
 
 
+def test_classes_refuse_out_of_range_values() -> None:
+    """The range checks are the fields' validators too: no value class holds a bad value."""
+    config = Config.defaults()
+    with pytest.raises(ValueError, match=r"^ServerConfig\.port: must be between 0 and 65535, got 70000$"):
+        attrs.evolve(config.server, port=70000)
+    with pytest.raises(ValueError, match=r"^Config\.data_dir: must not be empty$"):
+        attrs.evolve(config, data_dir="")
+    with pytest.raises(ValueError, match=r"^SecurityConfig\.allowed_origins: "):
+        attrs.evolve(config.security, allowed_origins=("https://a.example.com/",))
+
+
+def test_declared_default_must_have_the_key_type() -> None:
+    """A float key declared with an int default would load as an int: refused at import."""
+
+    @attrs.frozen
+    class Bad:
+        rate: float = config_module._key(20, "Rate.")
+
+    with pytest.raises(TypeError, match=r"^Bad\.rate: default 20 is not float$"):
+        list(config_module._keys_of(Bad, "bad"))
+
+
+def test_env_var_names_derived_from_keys() -> None:
+    by_key = {key.dotted: key.env_var for key in KEYS}
+    assert by_key["server.port"] == "CHATD_SERVER_PORT"
+    assert by_key["limits.channel_ops_per_min"] == "CHATD_LIMITS_CHANNEL_OPS_PER_MIN"
+    assert by_key["data_dir"] == "CHATD_DATA_DIR"
+    assert len(set(by_key.values())) == len(KEYS)
+
+
 def test_table_matches_classes() -> None:
     """Every key in the table is a field of its section class, and back."""
     config = Config.defaults()
@@ -128,6 +158,28 @@ def test_shipped_file_lists_every_key() -> None:
         assert key.name in table, f"{key.dotted} missing from chatd.toml"
         default = list(key.default) if isinstance(key.default, tuple) else key.default
         assert table[key.name] == default, key.dotted
+
+
+def shipped_keys() -> list[tuple[str, str]]:
+    """(dotted key, the comment lines right above it) for each key line of chatd.toml, in order."""
+    found: list[tuple[str, str]] = []
+    section, comment = "", []
+    for line in SHIPPED.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# "):
+            comment.append(line[2:])
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif "=" in line:
+            name = line.split("=", 1)[0].strip()
+            found.append((f"{section}.{name}" if section else name, "\n".join(comment)))
+        comment = []
+    return found
+
+
+def test_shipped_file_matches_declarations() -> None:
+    """chatd.toml lists the declared keys in declaration order, each under its declared comment."""
+    assert shipped_keys() == [(key.dotted, key.doc) for key in KEYS]
 
 
 def test_shipped_file_comments_every_key() -> None:
