@@ -23,7 +23,7 @@ import trio
 
 from chatd.db.bridge import Database, open_bridge
 from chatd.db.migrate import migrate
-from chatd.db.store import Store
+from chatd.db.stores import Stores
 
 TEMPLATE = f"chatd_test_template_{os.getpid()}"
 _counter = itertools.count(1)
@@ -59,7 +59,7 @@ async def _verify(dsn: str) -> list[str]:
     async with open_bridge():
         db = await Database.connect(dsn, min_size=1, max_size=1)
         try:
-            return await Store(db).verify()
+            return await Stores.over(db).checks.verify()
         finally:
             await db.close()
 

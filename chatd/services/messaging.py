@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from chatd.db.store import SendRequest, Store
+from chatd.db.messages import MessageStore
 from chatd.errors import Invalid, RateLimited, TooLarge
-from chatd.hub import Hub
-from chatd.models import Ack, Message, Principal
+from chatd.models import Ack, Message, Principal, SendRequest
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.writer import SendWriter
 
@@ -21,15 +20,13 @@ MAX_CLIENT_MSG_ID_CHARS = 64
 class MessageService:
     def __init__(
         self,
-        store: Store,
-        hub: Hub,
+        messages: MessageStore,
         limiter: RateLimiter,
         writer: SendWriter,
         *,
         max_text_chars: int,
     ) -> None:
-        self.store = store
-        self.hub = hub
+        self.messages = messages
         self.limiter = limiter
         self.writer = writer
         self.max_text_chars = max_text_chars
@@ -61,4 +58,4 @@ class MessageService:
     async def history(
         self, principal: Principal, channel_id: int, *, before: int | None, after: int | None, limit: int
     ) -> list[Message]:
-        return await self.store.history(channel_id, principal.user_id, before=before, after=after, limit=limit)
+        return await self.messages.history(channel_id, principal.user_id, before=before, after=after, limit=limit)
