@@ -19,20 +19,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+import attrs
 import trio
 
 from chatd import systemd
 from chatd.config import Config, ConfigError, load_config
 from chatd.db.bridge import Database, open_bridge
 from chatd.db.migrate import MigrationError, migrate, status
-from chatd.db.store import Store
+from chatd.db.stores import Stores
 from chatd.embedded import EmbeddedError, EmbeddedPostgres
 from chatd.errors import ChatdError, NotFound
 from chatd.hub import Hub
 from chatd.models import format_time
 from chatd.server import Server
-from chatd.services.cluster import EXPIRY_S
+from chatd.services.admin import AdminService
 from chatd.services.auth import AuthService, hash_password_sync
+from chatd.services.channels import ChannelService
+from chatd.services.ratelimit import RateLimiter
+from chatd.services.users import UserService
 
 log = logging.getLogger("chatd")
 
@@ -188,62 +192,64 @@ def cmd_user(config: Config, args: argparse.Namespace) -> None:
         password_hash = hash_password_sync(read_password(args.password_stdin))
 
     async def body(db: Database) -> None:
-        store = Store(db)
+        users = UserService(Stores.over(db).users)
         if args.action == "add":
             assert password_hash is not None
-            user = await store.create_user(args.name, args.display_name or args.name, password_hash, args.admin)
+            user = await users.create(args.name, args.display_name or args.name, password_hash, args.admin)
             print(f"created user {user.username} (id {user.user_id}){' as admin' if user.is_admin else ''}")
         elif args.action == "list":
-            for user in await store.all_users():
+            for user in await users.all():
                 flags = ",".join(f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on)
                 print(f"{user.user_id}\t{user.username}\t{user.display_name}\t{flags}")
         elif args.action == "disable":
-            await store.disable_user(args.name)
+            await users.disable(args.name)
             print(f"disabled {args.name}; its tokens are revoked")
         elif args.action == "passwd":
             assert password_hash is not None
-            await store.set_password(args.name, password_hash)
+            await users.set_password(args.name, password_hash)
             print(f"password of {args.name} changed; its tokens are revoked")
 
     run_with_db(config, body)
 
 
-async def _user_id(store: Store, name: str) -> int:
-    found = await store.user_credentials(name)
-    if found is None:
-        raise NotFound(f"no such user: {name}")
-    return found[0].user_id
-
-
 def cmd_token(config: Config, args: argparse.Namespace) -> None:
     async def body(db: Database) -> None:
-        store = Store(db)
-        found = await store.user_credentials(args.name)
-        if found is None or found[0].disabled:
-            raise NotFound(f"no such user: {args.name}" if found is None else f"user {args.name} is disabled")
-        token, _device = await AuthService(store, Hub()).issue_token(found[0].user_id, args.device_name)
+        stores = Stores.over(db)
+        user = await UserService(stores.users).by_name(args.name)
+        if user.disabled:
+            raise NotFound(f"user {args.name} is disabled")
+        token, _device = await AuthService(stores.users, Hub()).issue_token(user.user_id, args.device_name)
         print(token)
 
     run_with_db(config, body)
 
 
+def _channel_service(config: Config, stores: Stores) -> ChannelService:
+    """The channel service for the administrator's calls (``create_group_for``, ``add_to_group``),
+    which act for a user without a principal and are not rate limited."""
+    unlimited = RateLimiter(1.0, 1)  # those calls never take a token
+    return ChannelService(
+        stores.channels, Hub(), max_group_members=config.limits.max_group_members, ops=unlimited, invites=unlimited
+    )
+
+
 def cmd_channel(config: Config, args: argparse.Namespace) -> None:
     async def body(db: Database) -> None:
-        store = Store(db)
-        max_members = config.limits.max_group_members
+        stores = Stores.over(db)
+        users = UserService(stores.users)
+        channels = _channel_service(config, stores)
         if args.action == "create":
-            ids = [await _user_id(store, name) for name in args.member]
-            channel, _ = await store.create_group(ids[0], args.name, ids, max_members)
+            ids = [(await users.by_name(name)).user_id for name in args.member]
+            channel = await channels.create_group_for(ids[0], args.name, ids)
             print(f"created channel {args.name} (id {channel.channel_id}) with {channel.member_count} members")
         elif args.action == "list":
-            for row in await store.all_channels():
-                print(f"{row['id']}\t{row['kind']}\t{row['name'] or ''}\t{row['member_count']} members\t"
-                      f"{row['last_seq']} messages\tcreated by {row['creator']}")
+            for c in await channels.summaries():
+                print(f"{c.channel_id}\t{c.kind}\t{c.name or ''}\t{c.member_count} members\t"
+                      f"{c.last_seq} messages\tcreated by {c.creator}")
         elif args.action == "add":
-            channel_id = await store.group_id_by_name(args.name)
-            ids = [await _user_id(store, name) for name in args.users]
-            actor = await store.channel_actor(channel_id)
-            channel, _ = await store.add_members(channel_id, actor, ids, max_members)
+            channel_id = await channels.group_id(args.name)
+            ids = [(await users.by_name(name)).user_id for name in args.users]
+            channel = await channels.add_to_group(channel_id, ids)
             print(f"channel {args.name} has {channel.member_count} members")
 
     run_with_db(config, body)
@@ -251,15 +257,15 @@ def cmd_channel(config: Config, args: argparse.Namespace) -> None:
 
 def cmd_stats(config: Config, _args: argparse.Namespace) -> None:
     async def body(db: Database) -> None:
-        store = Store(db)
-        stats = await store.stats()
-        for key, value in stats.items():
+        stores = Stores.over(db)
+        admin = AdminService(stores.checks, stores.nodes)
+        for key, value in attrs.asdict(await admin.stats()).items():
             print(f"{key}\t{value}")
-        for node in await store.nodes(EXPIRY_S):
-            state = "alive" if node["alive"] else "silent"
-            print(f"node {node['name']}\t{node['url']}\t{node['connections']} connections\t{state}"
-                  f"\theartbeat {format_time(node['heartbeat_at'])}")
-        for name, connections in (await store.node_connections()).items():
+        for node in await admin.nodes():
+            state = "alive" if node.alive else "silent"
+            print(f"node {node.name}\t{node.url}\t{node.connections} connections\t{state}"
+                  f"\theartbeat {format_time(node.heartbeat_at)}")
+        for name, connections in (await admin.database_connections()).items():
             print(f"node {name}\tdatabase connections {connections}")
 
     run_with_db(config, body)
@@ -269,7 +275,8 @@ def cmd_verify(config: Config, _args: argparse.Namespace) -> None:
     problems: list[str] = []
 
     async def body(db: Database) -> None:
-        problems.extend(await Store(db).verify())
+        stores = Stores.over(db)
+        problems.extend(await AdminService(stores.checks, stores.nodes).verify())
 
     run_with_db(config, body)
     if problems:

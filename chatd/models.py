@@ -34,6 +34,14 @@ class User:
 
 
 @attrs.frozen
+class Credentials:
+    """A user with its password hash (None: no password set), for login only."""
+
+    user: User
+    password_hash: str | None
+
+
+@attrs.frozen
 class Principal:
     """Who is calling: the user and the device (token) it authenticated as.
 
@@ -70,6 +78,28 @@ class Channel:
         if self.members is not None:
             out["members"] = list(self.members)
         return out
+
+
+@attrs.frozen
+class ChannelFacts:
+    """A channel's row as a change sees it, locked: what the services' rules decide on."""
+
+    channel_id: int
+    kind: str
+    created_by: int | None
+    member_count: int
+
+
+@attrs.frozen
+class ChannelSummary:
+    """One line of ``chatd channel list``."""
+
+    channel_id: int
+    kind: str
+    name: str | None
+    member_count: int
+    last_seq: int
+    creator: str
 
 
 @attrs.frozen
@@ -123,9 +153,23 @@ class InboxAdvance:
 
 
 @attrs.frozen
+class SendRequest:
+    """One send, as the writer commits it."""
+
+    sender: int
+    channel_id: int
+    client_msg_id: str
+    text: str
+
+
+@attrs.frozen
 class SendOutcome:
     ack: Ack
     advances: tuple[InboxAdvance, ...]
+    #: The channel has more members than ``fanout.inbox_max_members``: no inbox
+    #: rows were written (``advances`` is empty); its online members get the
+    #: message live and the others read it from history.
+    large: bool = False
 
 
 @attrs.frozen
@@ -149,3 +193,35 @@ class InboxEvent:
         out: dict[str, Any] = {"inbox_seq": self.inbox_seq, "kind": self.kind}
         out.update(self.fields)
         return out
+
+
+@attrs.frozen
+class NodeState:
+    """A node's row in the registry, for ``chatd stats``."""
+
+    name: str
+    url: str
+    started_at: datetime
+    heartbeat_at: datetime
+    connections: int
+    alive: bool
+
+
+@attrs.frozen
+class Heartbeat:
+    """The answer to a node's heartbeat."""
+
+    #: This node's row was still there (False: it had expired and must register again).
+    known: bool
+    #: The nodes this heartbeat expired.
+    expired: tuple[str, ...]
+
+
+@attrs.frozen
+class Stats:
+    """Row counts for ``chatd stats`` (printed in this order)."""
+
+    users: int
+    channels: int
+    messages: int
+    inbox_events: int

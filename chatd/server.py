@@ -1,4 +1,4 @@
-"""The composition root: wires store, hub, services, HTTP and WebSocket, and runs them.
+"""The composition root: wires the stores, hub, services, HTTP and WebSocket, and runs them.
 
 One port serves both (chatd.web.listener): ``/v1/ws`` upgrades go to the
 wsproto endpoint, everything else to hypercorn serving a small ASGI
@@ -24,15 +24,17 @@ from chatd import hints
 from chatd.config import Config
 from chatd.db.bridge import Database
 from chatd.db.migrate import is_current, migrate
-from chatd.db.store import Store
+from chatd.db.stores import Stores
 from chatd.errors import Unavailable
 from chatd.hub import Hub
+from chatd.services.admin import AdminService
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
+from chatd.services.users import UserService
 from chatd.services.writer import SendWriter
 from chatd.web import listener
 from chatd.web.http_api import build_http_app, error_body, json_errors
@@ -52,9 +54,11 @@ LISTEN_BACKOFF_MAX_S = 5.0
 
 @attrs.define
 class Services:
-    store: Store
+    stores: Stores
     hub: Hub
     auth: AuthService
+    users: UserService
+    admin: AdminService
     channels: ChannelService
     messages: MessageService
     inbox: InboxService
@@ -66,39 +70,40 @@ class Services:
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
-        store = Store(db)
+        stores = Stores.over(db)
         hub = Hub()
         limiter = RateLimiter(config.limits.send_rate_per_s, config.limits.send_burst)
-        live = LiveFanout(store, hub)
+        live = LiveFanout(stores.channels, stores.messages, hub)
         writer = SendWriter(
-            store, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
+            stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
         )
         return cls(
-            store=store,
+            stores=stores,
             hub=hub,
             auth=AuthService(
-                store,
+                stores.users,
                 hub,
                 login_attempts_per_min=config.security.login_attempts_per_min,
                 token_ttl_days=config.security.token_ttl_days,
             ),
+            users=UserService(stores.users),
+            admin=AdminService(stores.checks, stores.nodes),
             channels=ChannelService(
-                store,
+                stores.channels,
                 hub,
                 max_group_members=config.limits.max_group_members,
                 ops=RateLimiter(config.limits.channel_ops_per_min / 60, config.limits.channel_ops_burst),
                 invites=RateLimiter(config.limits.channel_invites_per_min / 60, config.limits.channel_invites_burst),
             ),
             messages=MessageService(
-                store,
-                hub,
+                stores.messages,
                 limiter,
                 writer,
                 max_text_chars=config.limits.max_text_chars,
             ),
-            inbox=InboxService(store, hub),
+            inbox=InboxService(stores.inbox, hub),
             writer=writer,
-            registry=NodeRegistry(store, hub, config.node_name),
+            registry=NodeRegistry(stores.nodes, hub, config.node_name),
             live=live,
             control=RateLimiter(CONTROL_RATE_PER_USER_S, CONTROL_BURST_PER_USER),
         )
@@ -152,6 +157,7 @@ class Server:
         origins = OriginPolicy(cfg.security.allowed_origins)
         http_app = build_http_app(
             auth=services.auth,
+            users=services.users,
             channels=services.channels,
             messages=services.messages,
             inbox=services.inbox,

@@ -21,7 +21,7 @@ import trio
 
 from chatd.db.bridge import Database, open_bridge
 from chatd.db.migrate import migrate
-from chatd.db.store import Store
+from chatd.db.stores import Stores
 from chatd.testing import admin as _admin
 from chatd.testing import with_database  # tests/test_cli.py imports it from here
 
@@ -42,7 +42,7 @@ async def _verify(dsn: str) -> list[str]:
     async with open_bridge():
         db = await Database.connect(dsn, min_size=1, max_size=1)
         try:
-            return await Store(db).verify()
+            return await Stores.over(db).checks.verify()
         finally:
             await db.close()
 

@@ -17,11 +17,12 @@ from pathlib import Path
 import attrs
 import trio
 
-from chatd.db.store import Store
+from chatd.db.stores import Stores
 from chatd.hub import Hub
 from chatd.services.auth import AuthService
+from chatd.models import SendRequest
 from chatd.testing import listening_url, serve_command
-from tests.support import open_db
+from tests.support import admin_group, open_db
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,12 +103,12 @@ async def serving(cwd: Path, db_url: str, env: Mapping[str, str] | None = None) 
 async def seed_channel(db_url: str, names: tuple[str, ...], messages: int = 0) -> tuple[list[int], int, list[str]]:
     """Users (with one token each) in one group, and some messages from the first: (ids, channel, tokens)."""
     async with open_db(db_url) as db:
-        store = Store(db)
-        auth = AuthService(store, Hub())
-        users = [await store.create_user(n, n.title(), None, False) for n in names]
+        stores = Stores.over(db)
+        auth = AuthService(stores.users, Hub())
+        users = [await stores.users.create(n, n.title(), None, False) for n in names]
         ids = [u.user_id for u in users]
-        channel, _ = await store.create_group(ids[0], "general", ids, 10000)
+        channel = await admin_group(stores, ids[0], "general", ids)
         tokens = [(await auth.issue_token(uid, "test"))[0] for uid in ids]
         for i in range(messages):
-            await store.send(ids[0], channel.channel_id, f"m{i}", f"message {i}", 1000)
+            await stores.messages.send(SendRequest(ids[0], channel.channel_id, f"m{i}", f"message {i}"), 1000)
     return ids, channel.channel_id, tokens

@@ -20,9 +20,13 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from chatd.config import Config, config_from_mapping
 from chatd.db.bridge import Database, open_bridge
-from chatd.db.store import Store
+from chatd.db.stores import Stores
+from chatd.hub import Hub
+from chatd.models import Channel
 from chatd.server import Server, Services
 from chatd.services.auth import AuthService, token_hash
+from chatd.services.channels import ChannelService
+from chatd.services.ratelimit import RateLimiter
 
 
 def make_config(db_url: str, overrides: Mapping[str, Mapping[str, object]] | None = None) -> Config:
@@ -60,14 +64,14 @@ class RunningServer:
         return self.server.services
 
     @property
-    def store(self) -> Store:
-        return self.services.store
+    def stores(self) -> Stores:
+        return self.services.stores
 
     async def user(self, name: str, *, admin: bool = False, password: str | None = None) -> ChatUser:
         """Create a user and a device token directly (login has its own tests)."""
         auth: AuthService = self.services.auth
         password_hash = await auth.hash_password(password) if password else None
-        user = await self.store.create_user(name, name.title(), password_hash, admin)
+        user = await self.stores.users.create(name, name.title(), password_hash, admin)
         token, device_id = await auth.issue_token(user.user_id, "test")
         return ChatUser(user.user_id, name, token, device_id)
 
@@ -82,6 +86,13 @@ class ChatUser:
     name: str
     token: str
     device_id: int
+
+
+async def admin_group(stores: Stores, creator: int, name: str, members: list[int], max_members: int = 10000) -> Channel:
+    """A group created as ``chatd channel create`` does: no principal, no rate limit."""
+    unlimited = RateLimiter(1.0, 1)
+    channels = ChannelService(stores.channels, Hub(), max_group_members=max_members, ops=unlimited, invites=unlimited)
+    return await channels.create_group_for(creator, name, members)
 
 
 @asynccontextmanager

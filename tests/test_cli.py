@@ -32,7 +32,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from chatd.db.bridge import Connection
 from chatd.db.migrate import load_migrations
-from chatd.db.store import Store
+from chatd.db.stores import Stores
 from chatd.services.auth import token_hash
 from tests.conftest import Databases, with_database
 from tests.processes import Serving, cli_env, seed_channel, serving
@@ -179,8 +179,8 @@ async def test_user_add_list_and_failures(tmp_path: Path, db_url: str) -> None:
     assert rows["bob"][1:] == ("bob", "")  # the display name defaults to the user name
     assert rows["alice"][0] < rows["bob"][0]
     async with open_db(db_url) as db:
-        found = await Store(db).user_credentials("alice")
-    assert found is not None and found[0].is_admin and found[0].user_id == rows["alice"][0]
+        found = await Stores.over(db).users.credentials("alice")
+    assert found is not None and found.user.is_admin and found.user.user_id == rows["alice"][0]
 
 
 async def test_user_passwd_and_disable_over_http(tmp_path: Path, db_url: str) -> None:

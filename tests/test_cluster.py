@@ -18,7 +18,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from chatd.db.migrate import migrate
-from chatd.db.store import Store
+from chatd.db.stores import Stores
 from chatd.embedded import EmbeddedPostgres
 from tests.processes import Serving, seed_channel, serving
 from tests.support import open_db
@@ -93,7 +93,7 @@ async def send_all(url: str, token: str, channel: int, ids: list[str]) -> list[d
 
 async def inbox_of(db_url: str, user_id: int) -> list[dict[str, Any]]:
     async with open_db(db_url) as db:
-        return [e.to_frame() for e in await Store(db).read_inbox(user_id, 0, 100000)]
+        return [e.to_frame() for e in await Stores.over(db).inbox.read(user_id, 0, 100000)]
 
 
 async def test_cross_node_delivery_is_exact_and_ordered(tmp_path: Path, db_url: str) -> None:
@@ -215,7 +215,7 @@ async def test_large_channel_regimes_and_the_switch(tmp_path: Path, db_url: str)
                     await trio.sleep(0.05)
             # A fourth member: now large.
             async with open_db(db_url) as db:
-                dave = await Store(db).create_user("dave", "Dave", None, False)
+                dave = await Stores.over(db).users.create("dave", "Dave", None, False)
             async with httpx.AsyncClient(base_url=a.url) as client:
                 r = await client.post(f"/v1/channels/{channel}/members", json={"user_ids": [dave.user_id]},
                                       headers={"Authorization": f"Bearer {tokens[0]}"})
@@ -321,7 +321,7 @@ async def test_logout_and_disable_close_live_connections_on_every_node(tmp_path:
         async with open_websocket_url(ws_url, extra_headers=[("Authorization", f"Bearer {tokens[1]}")]) as ws:
             await ws.get_message()
             async with open_db(db_url) as db:
-                await Store(db).disable_user("bob")  # as `chatd user disable bob` does, from outside any node
+                await Stores.over(db).users.disable("bob")  # as `chatd user disable bob` does, from outside any node
             with trio.fail_after(10):
                 try:
                     while True:

@@ -37,7 +37,7 @@ async def _collect(client: WsClient, until_inbox_seq: int, out: list[dict[str, A
 
 
 async def _fresh_read(srv: RunningServer, user_id: int) -> list[dict[str, Any]]:
-    events = await srv.store.read_inbox(user_id, 0, 100000)
+    events = await srv.stores.inbox.read(user_id, 0, 100000)
     return [e.to_frame() for e in events]
 
 
@@ -53,7 +53,7 @@ async def test_concurrent_senders_into_overlapping_groups(db_url: str) -> None:
         plans = {a: [g1], b: [g1, g2], c: [g2, g1]}
         users = [a, b, c, d]
         second_devices = {u: await srv.token(u) for u in users}
-        heads_before = {u: await srv.store.inbox_head(u.user_id) for u in users}
+        heads_before = {u: await srv.stores.inbox.head(u.user_id) for u in users}
 
         # Who receives how many: every message goes to all members of its group.
         expected_per_user = {u: 0 for u in users}
@@ -114,7 +114,7 @@ async def test_concurrent_senders_into_overlapping_groups(db_url: str) -> None:
             for device in (1, 2):
                 got = seen[(u.name, device)]
                 assert got == fresh, f"{u.name} device {device} differs from a fresh read"
-        assert await srv.store.verify() == []
+        assert await srv.stores.checks.verify() == []
 
 
 async def test_sync_from_every_cursor_plus_live_equals_fresh_read(db_url: str) -> None:
@@ -131,7 +131,7 @@ async def test_sync_from_every_cursor_plus_live_equals_fresh_read(db_url: str) -
             assert (await api.post(f"/v1/channels/{g}/members", {"user_ids": [carol.user_id]})).status_code == 200
             assert (await api.patch(f"/v1/channels/{g}", {"name": "renamed"})).status_code == 200
             assert (await api.delete(f"/v1/channels/{g}/members/{carol.user_id}")).status_code == 204
-        head = await srv.store.inbox_head(bob.user_id)
+        head = await srv.stores.inbox.head(bob.user_id)
         live_count = 5
         # Stale state at every cursor: sync from it, then receive live events.
         for cursor in range(0, head + 1):
@@ -162,6 +162,6 @@ async def test_lost_wakeup_costs_latency_not_events(db_url: str) -> None:
                 return await conn.fetchrow("SELECT * FROM chatd_send($1, $2, 'sneaky', 'hello', 1000)",
                                            alice.user_id, g)
 
-            await srv.store.db.transaction(behind_the_back)
+            await srv.stores.db.transaction(behind_the_back)
             event = await b.recv_type("event", timeout=10)
             assert event["client_msg_id"] == "sneaky"

@@ -29,7 +29,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from chatd.db.bridge import Connection
-from chatd.db.store import Store
+from chatd.db.stores import Stores
 from chatd.hub import Hub
 from chatd.services import auth as auth_module
 from chatd.services.auth import HASH_SLOTS, MAX_LOGINS_QUEUED, AuthService, hash_password_sync
@@ -163,9 +163,9 @@ def retry_after(resp: Raw) -> int:
 async def _create_user(db_url: str, name: str, password: str | None) -> tuple[int, str]:
     """A user (with a password hash when given) and one device token: (user_id, token)."""
     async with open_db(db_url) as db:
-        store = Store(db)
-        user = await store.create_user(name, name.title(), hash_password_sync(password) if password else None, False)
-        token, _ = await AuthService(store, Hub()).issue_token(user.user_id, "test")
+        users = Stores.over(db).users
+        user = await users.create(name, name.title(), hash_password_sync(password) if password else None, False)
+        token, _ = await AuthService(users, Hub()).issue_token(user.user_id, "test")
     return user.user_id, token
 
 
@@ -379,9 +379,9 @@ async def test_long_poll_waiting_across_a_revocation_answers_401(db_url: str, re
                 out = await raw(srv.url, "POST", "/v1/logout", bearer(bob.token))
                 assert out.status == 204, out
             elif revocation == "disable":
-                await srv.store.disable_user("bob")
+                await srv.stores.users.disable("bob")
             else:
-                await srv.store.set_password("bob", hash_password_sync("new-password"))
+                await srv.stores.users.set_password("bob", hash_password_sync("new-password"))
             await _send(srv, alice.token, channel_id, "after-revocation", "secret after revocation")
 
         revoked = answers["revoked"]
@@ -426,7 +426,7 @@ async def _age_device(srv: RunningServer, device_id: int, days: float) -> None:
             days * 86400,
         )
 
-    await srv.store.db.transaction(unit)
+    await srv.stores.db.transaction(unit)
 
 
 async def test_token_older_than_ttl_is_refused(db_url: str) -> None:

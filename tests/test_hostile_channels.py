@@ -24,9 +24,10 @@ import httpx
 import trio
 
 from chatd.config import Config
-from chatd.db.store import SendRequest, Store
+from chatd.db.stores import Stores
+from chatd.models import SendRequest
 from chatd.errors import NotMember
-from tests.support import Api, ChatUser, RunningServer, http, open_db, running_server
+from tests.support import Api, ChatUser, RunningServer, admin_group, http, open_db, running_server
 from tests.test_http import err, ok
 
 #: High enough that the concurrency test never meets the channel-op limits.
@@ -57,7 +58,7 @@ async def _deadlocks(db_url: str) -> int:
 
 
 async def _inbox_heads(srv: RunningServer, users: list[ChatUser]) -> dict[int, int]:
-    return {u.user_id: await srv.store.inbox_head(u.user_id) for u in users}
+    return {u.user_id: await srv.stores.inbox.head(u.user_id) for u in users}
 
 
 # --- concurrency: the global lock order ----------------------------------------------------
@@ -119,11 +120,11 @@ async def test_concurrent_channel_changes_and_sends_never_deadlock(db_url: str) 
         assert not failures, (failures[:5], answers)
         assert answers[("create", 201)] == 16
         assert answers[("send", 201)] == 4 * 3 * 4
-        assert await srv.store.verify() == []
+        assert await srv.stores.checks.verify() == []
         # Every created group and every DM pair exists once.
-        channels = await srv.store.all_channels()
-        assert sum(1 for c in channels if c["kind"] == "dm") == 4
-        assert sum(1 for c in channels if c["kind"] == "group") == 3 + 16
+        channels = await srv.stores.channels.summaries()
+        assert sum(1 for c in channels if c.kind == "dm") == 4
+        assert sum(1 for c in channels if c.kind == "group") == 3 + 16
     assert await _deadlocks(db_url) == 0
 
 
@@ -146,7 +147,7 @@ async def test_concurrent_group_creations_by_one_user(db_url: str) -> None:
         assert statuses == [201] * 20
         heads = await _inbox_heads(srv, users)
         assert set(heads.values()) == {20}
-        assert await srv.store.verify() == []
+        assert await srv.stores.checks.verify() == []
     assert await _deadlocks(db_url) == 0
 
 
@@ -182,7 +183,7 @@ async def test_channel_operations_are_rate_limited_per_user(db_url: str) -> None
         for resp in refused:
             assert 1 <= _limited(resp) <= 20
         assert await _inbox_heads(srv, [alice, bob, carol]) == heads
-        assert [c["id"] for c in await srv.store.all_channels()] == [cid]
+        assert [c.channel_id for c in await srv.stores.channels.summaries()] == [cid]
         assert ok(await a.get(f"/v1/channels/{cid}"))["name"] == "renamed"
         # Reads are not limited; another user has a bucket of its own.
         ok(await a.get("/v1/channels"))
@@ -194,7 +195,7 @@ async def test_channel_operations_are_rate_limited_per_user(db_url: str) -> None
             assert ok(await b.post("/v1/channels", {"kind": "dm", "members": [carol.user_id]}))["channel_id"] == dm["channel_id"]
         assert (await b.delete(f"/v1/channels/{cid}/members/{bob.user_id}")).status_code == 204
         _limited(await b.patch(f"/v1/channels/{dm['channel_id']}", {"name": "x"}))
-        assert await srv.store.verify() == []
+        assert await srv.stores.checks.verify() == []
 
 
 async def test_users_put_into_channels_weigh_on_their_own_limit(db_url: str) -> None:
@@ -226,8 +227,8 @@ async def test_users_put_into_channels_weigh_on_their_own_limit(db_url: str) -> 
         _limited(await s.post(f"/v1/channels/{cid}/members", {"user_ids": [ids[7]]}))
         _limited(await s.post("/v1/channels", {"kind": "dm", "members": [ids[7]]}))
         # Nothing was written for the refused requests.
-        assert await srv.store.inbox_head(ids[7]) == 0
-        assert len(await srv.store.all_channels()) == 3
+        assert await srv.stores.inbox.head(ids[7]) == 0
+        assert len(await srv.stores.channels.summaries()) == 3
 
 
 async def test_a_group_larger_than_the_burst_needs_a_full_bucket(db_url: str) -> None:
@@ -271,7 +272,7 @@ async def test_rename_flood_on_a_raw_socket_is_cut_at_the_default_limits(db_url:
     async with running_server(db_url, {"limits": limits}) as srv:
         users = [await srv.user(f"m{i}") for i in range(16)]
         ids = [u.user_id for u in users]
-        channel, _ = await srv.store.create_group(ids[0], "flood", ids, 100)  # the admin path: no token
+        channel = await admin_group(srv.stores, ids[0], "flood", ids, 100)  # the admin path: no token
         cid = channel.channel_id
         heads = await _inbox_heads(srv, users)
         url = urlsplit(srv.url)
@@ -303,7 +304,7 @@ async def test_rename_flood_on_a_raw_socket_is_cut_at_the_default_limits(db_url:
         # Each accepted rename is one event per member, and only those were written.
         after = await _inbox_heads(srv, users)
         assert all(after[u] - heads[u] == statuses[200] for u in ids)
-        assert await srv.store.verify() == []
+        assert await srv.stores.checks.verify() == []
 
 
 # --- a send racing the removal of its sender ------------------------------------------------
@@ -320,10 +321,10 @@ async def _send_during_removal(db_url: str, batch: bool) -> None:
     does): the send passes the first membership check, waits for the row, and
     must then be refused, with nothing stored, once the removal commits."""
     async with open_db(db_url, max_size=4) as db:
-        store = Store(db)
-        alice = await store.create_user("alice", "Alice", None, False)
-        bob = await store.create_user("bob", "Bob", None, False)
-        channel, _ = await store.create_group(alice.user_id, "race", [bob.user_id], 10)
+        stores = Stores.over(db)
+        alice = await stores.users.create("alice", "Alice", None, False)
+        bob = await stores.users.create("bob", "Bob", None, False)
+        channel = await admin_group(stores, alice.user_id, "race", [bob.user_id], 10)
         cid = channel.channel_id
 
         async def removal(conn: Any) -> int:
@@ -345,10 +346,10 @@ async def _send_during_removal(db_url: str, batch: bool) -> None:
                 while not await db.read(row_locked):
                     await trio.sleep(0.01)
             if batch:
-                outcome.extend(await store.send_batch([SendRequest(bob.user_id, cid, "racing", "hi")], 1000))
+                outcome.extend(await stores.messages.send_batch([SendRequest(bob.user_id, cid, "racing", "hi")], 1000))
             else:
                 try:
-                    outcome.append(await store.send(bob.user_id, cid, "racing", "hi", 1000))
+                    outcome.append(await stores.messages.send(SendRequest(bob.user_id, cid, "racing", "hi"), 1000))
                 except NotMember as exc:
                     outcome.append(exc)
 
@@ -356,9 +357,9 @@ async def _send_during_removal(db_url: str, batch: bool) -> None:
             nursery.start_soon(db.transaction, removal)
             nursery.start_soon(send)
         assert len(outcome) == 1 and isinstance(outcome[0], NotMember), outcome
-        assert (await store.get_channel(cid, alice.user_id)).last_seq == 0
-        assert await store.inbox_head(alice.user_id) == 1  # "created" only
-        assert await store.verify() == []
+        assert (await stores.channels.get(cid, alice.user_id)).last_seq == 0
+        assert await stores.inbox.head(alice.user_id) == 1  # "created" only
+        assert await stores.checks.verify() == []
 
 
 async def test_a_send_racing_its_senders_removal_is_refused(db_url: str) -> None:

@@ -108,7 +108,7 @@ async def test_login_refuses_bad_credentials_alike(db_url: str) -> None:
     async with running_server(db_url) as srv, http(srv) as api:
         await srv.user("alice", password="right one")
         await srv.user("bob", password="bobs pass")
-        await srv.store.disable_user("bob")
+        await srv.stores.users.disable("bob")
         messages = set()
         for creds in (
             {"username": "alice", "password": "wrong one"},
@@ -159,7 +159,7 @@ async def test_disabled_user_tokens_stop_working(db_url: str) -> None:
     async with running_server(db_url) as srv, http(srv) as api:
         bob = await srv.user("bob")
         assert ok(await api.as_user(bob.token).get("/v1/me"))["username"] == "bob"
-        await srv.store.disable_user("bob")
+        await srv.stores.users.disable("bob")
         err(await api.as_user(bob.token).get("/v1/me"), 401, "unauthorized")
 
 
@@ -214,7 +214,7 @@ async def test_user_search_and_limits(db_url: str) -> None:
         await srv.user("albert")
         await srv.user("carol")
         await srv.user("aldo")
-        await srv.store.disable_user("aldo")
+        await srv.stores.users.disable("aldo")
         api = api.as_user(alice.token)
 
         everyone = ok(await api.get("/v1/users"))["users"]
@@ -303,7 +303,7 @@ async def test_dm_rejects_self_unknown_and_bad_members(db_url: str) -> None:
         alice = await srv.user("alice")
         bob = await srv.user("bob")
         carol = await srv.user("carol")
-        await srv.store.disable_user("carol")
+        await srv.stores.users.disable("carol")
         api = api.as_user(alice.token)
         err(await api.post("/v1/channels", {"kind": "dm", "members": [alice.user_id]}), 400, "invalid")
         err(await api.post("/v1/channels", {"kind": "dm", "members": [999999]}), 404, "not_found")

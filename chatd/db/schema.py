@@ -2,9 +2,10 @@
 
 The migrations in ``migrations/`` are what builds the database; a test builds a
 database from them and checks it against these definitions (tables, columns,
-types, nullability, keys and indexes), so the two cannot drift apart. Code that
-needs to know the shape of the schema (``chatd verify``, the tests) reads it
-from here rather than from a second hand-written list.
+types, nullability, keys and indexes), so the two cannot drift apart. The
+tests read the schema's shape from here rather than from a second hand-written
+list. (``chatd verify`` checks the stored data, not the schema: its queries are
+in :mod:`chatd.db.verify`.)
 """
 
 from __future__ import annotations

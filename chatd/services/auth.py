@@ -28,7 +28,7 @@ import secrets
 import argon2
 import trio
 
-from chatd.db.store import Store
+from chatd.db.users import UserStore
 from chatd.errors import Invalid, RateLimited, Unauthorized
 from chatd.hub import Hub
 from chatd.models import Principal, User
@@ -76,14 +76,14 @@ def _verify(stored: str | None, password: str) -> bool:
 class AuthService:
     def __init__(
         self,
-        store: Store,
+        users: UserStore,
         hub: Hub,
         *,
         login_attempts_per_min: int = 10,
         token_ttl_days: int = 0,
         hash_slots: int = HASH_SLOTS,
     ) -> None:
-        self.store = store
+        self.users = users
         self.hub = hub
         self.token_ttl_days = token_ttl_days
         self.throttle = LoginThrottle(login_attempts_per_min)
@@ -111,8 +111,8 @@ class AuthService:
         if len(password) > MAX_PASSWORD_CHARS:
             self.throttle.failed(keys)
             raise Unauthorized("bad credentials")
-        found = await self.store.user_credentials(username)
-        stored = found[1] if found else None
+        found = await self.users.credentials(username)
+        stored = found.password_hash if found else None
         if self._logins_queued >= MAX_LOGINS_QUEUED:
             raise RateLimited("too many logins in progress; try again later", 1.0)
         self._logins_queued += 1
@@ -125,11 +125,11 @@ class AuthService:
             ok = await trio.to_thread.run_sync(_verify, stored, password)
         finally:
             self.hash_slots.release()
-        if found is None or not ok or found[0].disabled:
+        if found is None or not ok or found.user.disabled:
             self.throttle.failed(keys)
             raise Unauthorized("bad credentials")
-        token, device_id = await self.issue_token(found[0].user_id, device_name)
-        return token, found[0], device_id
+        token, device_id = await self.issue_token(found.user.user_id, device_name)
+        return token, found.user, device_id
 
     def _check_throttle(self, keys: list[Key]) -> None:
         wait = self.throttle.retry_after(keys)
@@ -140,18 +140,18 @@ class AuthService:
         if not device_name or len(device_name) > MAX_DEVICE_NAME_CHARS:
             raise Invalid(f"device_name: 1..{MAX_DEVICE_NAME_CHARS} characters")
         token = new_token()
-        device_id = await self.store.create_device(user_id, device_name, token_hash(token))
+        device_id = await self.users.create_device(user_id, device_name, token_hash(token))
         return token, device_id
 
     async def authenticate(self, token: str | None) -> Principal:
         if not token or len(token) > 256:
             raise Unauthorized("missing or invalid token")
-        principal = await self.store.authenticate(token_hash(token), self.token_ttl_days)
+        principal = await self.users.authenticate(token_hash(token), self.token_ttl_days)
         if principal is None:
             raise Unauthorized("missing or invalid token")
         return principal
 
     async def logout(self, principal: Principal) -> None:
         """Revoke the token at once; this node's live connections of the device close too."""
-        await self.store.revoke_device(principal.device_id)
+        await self.users.revoke_device(principal.device_id)
         self.hub.revoke_device(principal.device_id)

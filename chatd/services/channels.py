@@ -14,12 +14,14 @@ database work and given back when nothing was written (an existing DM).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import builtins
+from collections.abc import Callable, Sequence
 
-from chatd.db.store import Store
-from chatd.errors import Invalid, RateLimited
+from chatd.db.channels import ChannelStore
+from chatd.errors import Forbidden, Invalid, RateLimited, TooLarge
 from chatd.hub import Hub
-from chatd.models import Channel, Principal
+from chatd.models import Channel, ChannelFacts, ChannelSummary, Principal
+from chatd.services.events import ChannelChanged, MemberChanged
 from chatd.services.ratelimit import RateLimiter
 
 MAX_NAME_CHARS = 100
@@ -31,11 +33,34 @@ def check_name(name: object) -> str:
     return name
 
 
+# --- the rules a change is checked against, on the locked channel row -----------------
+
+
+def _may_rename(channel: ChannelFacts) -> None:
+    if channel.kind != "group":
+        raise Invalid("only a group can be renamed")
+
+
+def _may_add(channel: ChannelFacts) -> None:
+    if channel.kind != "group":
+        raise Invalid("members cannot be added to a direct message")
+
+
+def _may_remove(by: int, user_id: int, by_admin: bool) -> Callable[[ChannelFacts], None]:
+    def rule(channel: ChannelFacts) -> None:
+        if channel.kind != "group":
+            raise Invalid("members cannot be removed from a direct message")
+        if user_id != by and not by_admin and channel.created_by != by:
+            raise Forbidden("only the creator or an admin may remove others")
+
+    return rule
+
+
 class ChannelService:
     def __init__(
-        self, store: Store, hub: Hub, *, max_group_members: int, ops: RateLimiter, invites: RateLimiter
+        self, channels: ChannelStore, hub: Hub, *, max_group_members: int, ops: RateLimiter, invites: RateLimiter
     ) -> None:
-        self.store = store
+        self.channels = channels
         self.hub = hub
         self.max_group_members = max_group_members
         self.ops = ops
@@ -58,43 +83,88 @@ class ChannelService:
         if invited:
             self.invites.give_back(principal.user_id, invited)
 
+    def _fits(self, member_count: int) -> None:
+        if member_count > self.max_group_members:
+            raise TooLarge(f"a group has at most {self.max_group_members} members")
+
     async def create_group(self, principal: Principal, name: str, members: Sequence[int]) -> Channel:
         name = check_name(name)
         self._charge(principal, len(set(members) - {principal.user_id}))
-        channel, advances = await self.store.create_group(principal.user_id, name, members, self.max_group_members)
-        self.hub.advance(advances)
-        return channel
+        return await self.create_group_for(principal.user_id, name, members)
 
     async def open_dm(self, principal: Principal, other: int) -> tuple[Channel, bool]:
         self._charge(principal, 1)
-        channel, created, advances = await self.store.get_or_create_dm(principal.user_id, other)
+        if other == principal.user_id:
+            raise Invalid("members: a direct message needs another user")
+        channel, created, advances = await self.channels.get_or_create_dm(
+            principal.user_id, other, lambda channel_id: ChannelChanged(channel_id, "created", None).to_data()
+        )
         if not created:  # opening an existing DM writes nothing
             self._refund(principal, 1)
         self.hub.advance(advances)
         return channel, created
 
     async def list(self, principal: Principal) -> list[Channel]:
-        return await self.store.list_channels(principal.user_id)
+        return await self.channels.of_user(principal.user_id)
 
     async def get(self, principal: Principal, channel_id: int) -> Channel:
-        return await self.store.get_channel(channel_id, principal.user_id)
+        return await self.channels.get(channel_id, principal.user_id)
 
     async def rename(self, principal: Principal, channel_id: int, name: str) -> Channel:
         name = check_name(name)
         self._charge(principal, 0)
-        channel, advances = await self.store.rename_channel(channel_id, principal.user_id, name)
+        channel, advances = await self.channels.rename(
+            channel_id, principal.user_id, name, _may_rename, ChannelChanged(channel_id, "renamed", name).to_data()
+        )
         self.hub.advance(advances)
         return channel
 
     async def add_members(self, principal: Principal, channel_id: int, user_ids: Sequence[int]) -> Channel:
         self._charge(principal, len(set(user_ids) - {principal.user_id}))
-        channel, advances = await self.store.add_members(
-            channel_id, principal.user_id, user_ids, self.max_group_members
+        return await self._add(channel_id, principal.user_id, user_ids)
+
+    async def _add(self, channel_id: int, by: int, user_ids: Sequence[int]) -> Channel:
+        channel, advances = await self.channels.add_members(
+            channel_id,
+            by,
+            user_ids,
+            _may_add,
+            self._fits,
+            lambda user_id: MemberChanged(channel_id, user_id, "added", by).to_data(),
         )
         self.hub.advance(advances)
         return channel
 
     async def remove_member(self, principal: Principal, channel_id: int, user_id: int) -> None:
         self._charge(principal, 0)
-        advances = await self.store.remove_member(channel_id, principal.user_id, user_id, principal.is_admin)
+        by = principal.user_id
+        advances = await self.channels.remove_member(
+            channel_id,
+            by,
+            user_id,
+            _may_remove(by, user_id, principal.is_admin),
+            MemberChanged(channel_id, user_id, "removed", by).to_data(),
+        )
         self.hub.advance(advances)
+
+    # --- the administrator's commands (``chatd channel ...``): no principal, no rate limit ---
+
+    async def create_group_for(self, creator: int, name: str, members: Sequence[int]) -> Channel:
+        """A group created by ``creator`` with ``members`` (and the creator)."""
+        self._fits(len(set(members) | {creator}))
+        channel, advances = await self.channels.create_group(
+            creator, name, members, lambda channel_id: ChannelChanged(channel_id, "created", name).to_data()
+        )
+        self.hub.advance(advances)
+        return channel
+
+    async def group_id(self, name: str) -> int:
+        """The group of this name (NotFound, or Conflict when several share it)."""
+        return await self.channels.group_id_by_name(name)
+
+    async def add_to_group(self, channel_id: int, user_ids: Sequence[int]) -> Channel:
+        """Add users to a group, acting as its creator (or, gone, its first member)."""
+        return await self._add(channel_id, await self.channels.actor(channel_id), user_ids)
+
+    async def summaries(self) -> builtins.list[ChannelSummary]:
+        return await self.channels.summaries()

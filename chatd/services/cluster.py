@@ -19,7 +19,9 @@ import logging
 
 import trio
 
-from chatd.db.store import Store
+from chatd.db.channels import ChannelStore
+from chatd.db.messages import MessageStore
+from chatd.db.nodes import NodeStore
 from chatd.errors import Unavailable
 from chatd.hub import Hub
 from chatd.models import Message
@@ -34,8 +36,8 @@ LIVE_QUEUE = 1024
 
 
 class NodeRegistry:
-    def __init__(self, store: Store, hub: Hub, name: str, *, heartbeat_s: float = HEARTBEAT_S) -> None:
-        self.store = store
+    def __init__(self, nodes: NodeStore, hub: Hub, name: str, *, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.nodes = nodes
         self.hub = hub
         self.name = name
         self.heartbeat_s = heartbeat_s
@@ -43,7 +45,7 @@ class NodeRegistry:
 
     async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Register, then beat until cancelled; on the way out, unregister (bounded)."""
-        await self.store.register_node(self.name, url)
+        await self.nodes.register(self.name, url)
         task_status.started()
         try:
             while True:
@@ -55,7 +57,7 @@ class NodeRegistry:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 try:
-                    await self.store.unregister_node(self.name)
+                    await self.nodes.unregister(self.name)
                 except Unavailable:
                     pass
 
@@ -63,24 +65,25 @@ class NodeRegistry:
         counts = self.hub.connection_counts()
         changed = {u: n for u, n in counts.items() if self._flushed.get(u) != n}
         changed.update({u: 0 for u in self._flushed if u not in counts})
-        known, expired = await self.store.heartbeat(self.name, sum(counts.values()), changed, EXPIRY_S)
-        if not known:
+        beat = await self.nodes.heartbeat(self.name, sum(counts.values()), changed, EXPIRY_S)
+        if not beat.known:
             # Expired by the others (we were silent too long): announce ourselves afresh.
             log.warning("node %s had expired; registering again", self.name)
-            await self.store.register_node(self.name, url)
+            await self.nodes.register(self.name, url)
             self._flushed = {}
             await self.beat(url)
             return
         self._flushed = counts
-        if expired:
-            log.info("expired silent nodes: %s", ", ".join(expired))
+        if beat.expired:
+            log.info("expired silent nodes: %s", ", ".join(beat.expired))
 
 
 class LiveFanout:
     """Pushes large channels' messages to this node's connected members."""
 
-    def __init__(self, store: Store, hub: Hub) -> None:
-        self.store = store
+    def __init__(self, channels: ChannelStore, messages: MessageStore, hub: Hub) -> None:
+        self.channels = channels
+        self.messages = messages
         self.hub = hub
         self._in, self._out = trio.open_memory_channel[tuple[int, int, Message | None]](LIVE_QUEUE)
 
@@ -110,11 +113,11 @@ class LiveFanout:
         online = self.hub.connected_users()
         if not online:
             return
-        members = await self.store.members_among(channel_id, online)
+        members = await self.channels.members_among(channel_id, online)
         if not members:
             return
         if message is None:
-            message = await self.store.message(channel_id, seq)
+            message = await self.messages.get(channel_id, seq)
             if message is None:
                 return
         self.hub.push_live(members, message)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import trio
 
-from chatd.db.store import Store
+from chatd.db.inbox import InboxStore
 from chatd.hub import Hub
 from chatd.models import InboxEvent
 
@@ -17,16 +17,16 @@ PAGE = 100
 
 
 class InboxService:
-    def __init__(self, store: Store, hub: Hub) -> None:
-        self.store = store
+    def __init__(self, inbox: InboxStore, hub: Hub) -> None:
+        self.inbox = inbox
         self.hub = hub
 
     async def read(self, user_id: int, after: int, limit: int = PAGE) -> list[InboxEvent]:
-        return await self.store.read_inbox(user_id, after, limit)
+        return await self.inbox.read(user_id, after, limit)
 
     async def head(self, user_id: int) -> int:
         """The user's newest ``inbox_seq`` (0 for an empty inbox)."""
-        return await self.store.inbox_head(user_id)
+        return await self.inbox.head(user_id)
 
     async def long_poll(self, user_id: int, after: int, limit: int, timeout_s: float) -> list[InboxEvent]:
         """Events after ``after``; if none, wait up to ``timeout_s`` for some (or a drain)."""

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from chatd.db.store import SendRequest, Store
+from chatd.db.messages import MessageStore
 from chatd.errors import Invalid, RateLimited, TooLarge
-from chatd.hub import Hub
 from chatd.limits import MAX_CLIENT_MSG_ID_CHARS, is_client_msg_id
-from chatd.models import Ack, Message, Principal
+from chatd.models import Ack, Message, Principal, SendRequest
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.writer import SendWriter
 
@@ -20,15 +19,13 @@ from chatd.services.writer import SendWriter
 class MessageService:
     def __init__(
         self,
-        store: Store,
-        hub: Hub,
+        messages: MessageStore,
         limiter: RateLimiter,
         writer: SendWriter,
         *,
         max_text_chars: int,
     ) -> None:
-        self.store = store
-        self.hub = hub
+        self.messages = messages
         self.limiter = limiter
         self.writer = writer
         self.max_text_chars = max_text_chars
@@ -60,4 +57,4 @@ class MessageService:
     async def history(
         self, principal: Principal, channel_id: int, *, before: int | None, after: int | None, limit: int
     ) -> list[Message]:
-        return await self.store.history(channel_id, principal.user_id, before=before, after=after, limit=limit)
+        return await self.messages.history(channel_id, principal.user_id, before=before, after=after, limit=limit)

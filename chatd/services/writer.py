@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from chatd.db.store import BatchFailed, SendRequest, Store
+from chatd.db.messages import BatchFailed, MessageStore
 from chatd.errors import ChatdError, Unavailable
 from chatd.hub import Hub
-from chatd.models import InboxEvent, Message, SendOutcome
+from chatd.models import InboxEvent, Message, SendOutcome, SendRequest
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,14 @@ class _Pending:
 class SendWriter:
     def __init__(
         self,
-        store: Store,
+        messages: MessageStore,
         hub: Hub,
         *,
         inbox_max_members: int,
         on_large_message: Callable[[Message], None] | None = None,
         writers: int = 2,
     ) -> None:
-        self.store = store
+        self.messages = messages
         self.hub = hub
         self.on_large_message = on_large_message
         self.inbox_max_members = inbox_max_members
@@ -104,7 +104,7 @@ class SendWriter:
     async def _commit(self, batch: Sequence[_Pending]) -> None:
         requests = [p.request for p in batch]
         try:
-            results = await self.store.send_batch(requests, self.inbox_max_members)
+            results = await self.messages.send_batch(requests, self.inbox_max_members)
         except Unavailable as exc:
             results = [exc] * len(batch)
         except BatchFailed as exc:
@@ -129,8 +129,8 @@ class SendWriter:
             text=request.text,
             created_at=outcome.ack.created_at,
         )
-        if not outcome.advances:
-            # A large channel: no inbox rows; its online members get a live frame.
+        if outcome.large:
+            # No inbox rows: its online members get a live frame.
             if self.on_large_message is not None:
                 self.on_large_message(message)
             return
@@ -140,9 +140,7 @@ class SendWriter:
 
     async def _commit_one(self, request: SendRequest) -> SendOutcome | ChatdError:
         try:
-            return await self.store.send(
-                request.sender, request.channel_id, request.client_msg_id, request.text, self.inbox_max_members
-            )
+            return await self.messages.send(request, self.inbox_max_members)
         except ChatdError as exc:
             return exc
         except Exception:  # the database refused this one send: answer it, keep the others

@@ -28,6 +28,7 @@ from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
+from chatd.services.users import UserService
 from chatd.web import params
 from chatd.web.origins import OriginPolicy
 
@@ -161,6 +162,7 @@ async def _send_error(send: Send, status: int, code: str, message: str) -> None:
 def build_http_app(
     *,
     auth: AuthService,
+    users: UserService,
     channels: ChannelService,
     messages: MessageService,
     inbox: InboxService,
@@ -314,18 +316,18 @@ def build_http_app(
     @app.get("/v1/me")
     async def me() -> Response:
         who = await principal()
-        user = await auth.store.get_user(who.user_id)
+        user = await users.get(who.user_id)
         return ok({**user.to_public(), "is_admin": user.is_admin})
 
     @app.get("/v1/users")
-    async def users() -> Response:
+    async def search_users() -> Response:
         await principal()
         query = request.args.get("query", "")
         if len(query) > 100 or "\x00" in query:
             raise Invalid("query: at most 100 characters, no NUL")
         limit = params.query_int(request.args, "limit", default=50, low=1, high=200)
         assert limit is not None
-        found = await auth.store.search_users(query, limit)
+        found = await users.search(query, limit)
         return ok({"users": [u.to_public() for u in found]})
 
     @app.post("/v1/channels")

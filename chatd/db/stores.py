@@ -1,0 +1,42 @@
+"""One store per aggregate, all over the same :class:`~chatd.db.bridge.Database`.
+
+Only wiring: each store is its own module with its own statements, and a
+service is handed the stores it needs (never this object's methods; it has
+none). A new feature (receipts, presence, media, push...) adds its module
+under ``chatd/db/`` and a field here.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from chatd.db.bridge import Database
+from chatd.db.channels import ChannelStore
+from chatd.db.inbox import InboxStore
+from chatd.db.messages import MessageStore
+from chatd.db.nodes import NodeStore
+from chatd.db.users import UserStore
+from chatd.db.verify import Checks
+
+
+@attrs.frozen
+class Stores:
+    db: Database
+    users: UserStore
+    channels: ChannelStore
+    messages: MessageStore
+    inbox: InboxStore
+    nodes: NodeStore
+    checks: Checks
+
+    @classmethod
+    def over(cls, db: Database) -> Stores:
+        return cls(
+            db=db,
+            users=UserStore(db),
+            channels=ChannelStore(db),
+            messages=MessageStore(db),
+            inbox=InboxStore(db),
+            nodes=NodeStore(db),
+            checks=Checks(db),
+        )
