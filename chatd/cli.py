@@ -22,7 +22,7 @@ from typing import NoReturn
 import attrs
 import trio
 
-from chatd import systemd
+from chatd import gc_tuning, systemd
 from chatd.config import Config, ConfigError, load_config
 from chatd.db.bridge import Database, open_bridge
 from chatd.db.migrate import MigrationError, migrate, status
@@ -132,6 +132,8 @@ def run_with_db(config: Config, body: Callable[[Database], Awaitable[None]], *, 
 
 
 def cmd_serve(config: Config, _args: argparse.Namespace) -> None:
+    gc_tuning.tune_for_serving()
+
     async def main() -> None:
         async with open_bridge():
             server = Server(config, dsn)
