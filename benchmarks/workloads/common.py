@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from benchmarks.clients import CONNECT_ERRORS, Client
+from benchmarks.clients import CONNECT_ERRORS, Client, message_text, sent_at
 from benchmarks.ledger import add_verdicts
 from benchmarks.stats import Histogram, RunSet
 
@@ -215,3 +215,63 @@ def sum_correctness(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
             else:
                 total[key] = total.get(key, 0) + value
     return total
+
+
+class PairTraffic:
+    """The worker's half of the open-loop 1:1 load (steady, soak): both members of
+    each DM pair on this worker, each sending into its DM on a fixed schedule
+    (a random phase, then every ``1 / rate_per_user`` s) whether or not earlier
+    sends were acknowledged. Latency counts from the time a send was *due*."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.book = AckBook()
+        self.deliver = Histogram()
+        self.lag = Histogram()
+        self.sends = 0
+        self.delivered_in_window = 0
+        self.window = [0.0, float("inf")]
+        self.members: list[tuple[Client, list[int]]] = []
+        for a, b, channel in job["pairs"]:
+            for creds in (a, b):
+                client = Client(job["ws_url"], creds["user_id"], creds["token"], on_ack=self.book.on_ack,
+                                on_message=self._on_message)
+                self.members.append((client, [channel]))
+        self.clients = [c for c, _ in self.members]
+        self._filler = "x" * job["text_chars"]
+        rate = job["rate_per_user"]
+        self._period = 1.0 / rate if rate > 0 else float("inf")
+
+    def _on_message(self, client: Client, frame: dict[str, Any], now: float) -> None:
+        if frame["sender_id"] == client.user_id:
+            return  # our own echo: checked by the ledger, not a delivery to the partner
+        self.deliver.add(now - sent_at(frame["text"]))
+        if self.window[0] <= now <= self.window[1]:
+            self.delivered_in_window += 1
+
+    def start_senders(self, nursery: trio.Nursery, start: float, stop: float) -> None:
+        for index, (client, channels) in enumerate(self.members):
+            nursery.start_soon(self._sender, client, channels[0], index, start, stop)
+
+    async def _sender(self, client: Client, channel: int, index: int, start: float, stop: float) -> None:
+        period, job = self._period, self.job
+        due = start + random.uniform(0, period) if period != float("inf") else stop
+        n = 0
+        while due < stop:
+            await sleep_until(due)
+            self.lag.add(time.monotonic() - due)
+            await client.send(channel, f"{job['tag']}-{job['index']}-{index}-{n}", message_text(due, self._filler), due)
+            self.sends += 1
+            n += 1
+            due += period
+
+    async def wait_acked(self, timeout_s: float = 30.0) -> None:
+        """Until every send has its answer (or its connection dropped), bounded."""
+        with trio.move_on_after(timeout_s):
+            while any(c.pending and c.dropped is None for c in self.clients):
+                await trio.sleep(0.05)
+
+    def sent_report(self) -> dict[str, Any]:
+        """The fields of the worker's ``sent`` report."""
+        return {"acked": self.book.acked_json(), "ack": self.book.latency.to_json(), "lag": self.lag.to_json(),
+                "acked_in_window": self.book.in_window, "acked_total": self.book.total, "sends": self.sends}

@@ -44,14 +44,15 @@ from urllib.parse import urlsplit
 
 import trio
 
-from benchmarks.clients import Client, message_text, sent_at
+from benchmarks.clients import Client
 from benchmarks.fixtures import open_dms
 from benchmarks.harness import Outcome, RunContext
 from benchmarks.report import fmt, ms
 from benchmarks.stats import Histogram
 from benchmarks.workers import Link
 from benchmarks.workloads.common import (
-    AckBook,
+    PairTraffic,
+    await_go,
     close_all,
     connect_all,
     expected_sets,
@@ -414,41 +415,11 @@ async def _until_closed(stream: trio.SocketStream, answer: list[bytes]) -> None:
 
 
 async def worker(job: dict[str, Any], link: Link) -> None:
-    book = AckBook()
-    deliver = Histogram()
-    lag = Histogram()
-    counters = {"delivered_in_window": 0, "sends": 0}
-    window = [0.0, float("inf")]
-
-    def on_message(client: Client, frame: dict[str, Any], now: float) -> None:
-        if frame["sender_id"] == client.user_id:
-            return  # our own echo: checked by the ledger, not a delivery to the partner
-        deliver.add(now - sent_at(frame["text"]))
-        if window[0] <= now <= window[1]:
-            counters["delivered_in_window"] += 1
-
-    members: list[tuple[Client, list[int]]] = []
-    for a, b, channel in job["pairs"]:
-        for creds in (a, b):
-            client = Client(job["ws_url"], creds["user_id"], creds["token"], on_ack=book.on_ack, on_message=on_message)
-            members.append((client, [channel]))
-    talkers = [c for c, _ in members]
+    traffic = PairTraffic(job)
+    members, talkers = traffic.members, traffic.clients
     idlers = [Client(job["ws_url"], u["user_id"], u["token"]) for u in job["idle"]]
     everyone = talkers + idlers
-    filler = "x" * job["text_chars"]
-    period = 1.0 / job["rate_per_user"] if job["rate_per_user"] > 0 else float("inf")
     hostile = {kind: HostileStats() for kind in KINDS}
-
-    async def sender(client: Client, channel: int, index: int, start: float, stop: float) -> None:
-        due = start + random.uniform(0, period) if period != float("inf") else stop
-        n = 0
-        while due < stop:
-            await sleep_until(due)
-            lag.add(time.monotonic() - due)
-            await client.send(channel, f"{job['tag']}-{job['index']}-{index}-{n}", message_text(due, filler), due)
-            counters["sends"] += 1
-            n += 1
-            due += period
 
     async with trio.open_nursery() as nursery:
         async with trio.open_nursery() as pings:
@@ -459,22 +430,15 @@ async def worker(job: dict[str, Any], link: Link) -> None:
 
             await connect_all(talkers, nursery, after_connect=start_heartbeat)
             await connect_all(idlers, nursery, after_connect=start_heartbeat, timeout_s=240)
-            await link.report("ready")
-            go = await link.receive("go")
-            window[:] = [go["start"], go["stop"]]
-            book.window = (go["start"], go["stop"])
+            go = await await_go(link, traffic.book, traffic.window)
             async with trio.open_nursery() as load:
                 for slot in job["slowloris"]:
                     kind = KINDS[slot % len(KINDS)]
                     load.start_soon(hostile_socket, kind, job["host"], job["port"], job["drip"], go["stop"],
                                     hostile[kind])
-                for index, (client, chans) in enumerate(members):
-                    load.start_soon(sender, client, chans[0], index, go["start"], go["stop"])
-            with trio.move_on_after(30):
-                while any(c.pending and c.dropped is None for c in talkers):
-                    await trio.sleep(0.05)
-            await link.report("sent", acked=book.acked_json(), ack=book.latency.to_json(), lag=lag.to_json(),
-                              acked_in_window=book.in_window, acked_total=book.total, sends=counters["sends"],
+                traffic.start_senders(load, go["start"], go["stop"])
+            await traffic.wait_acked()
+            await link.report("sent", **traffic.sent_report(),
                               idle_connected=sum(1 for c in idlers if c.ws is not None),
                               hostile={k: s.to_json() for k, s in hostile.items() if s.opened or s.connect_failed})
             expect = await link.receive("expect")
@@ -490,8 +454,8 @@ async def worker(job: dict[str, Any], link: Link) -> None:
         correctness["pongs_missing"] = sum(c.pings_sent - c.pongs for c in everyone)
         correctness["pongs_duplicated"] = sum(c.pong_duplicated for c in everyone)
         correctness["pongs_out_of_order"] = sum(c.pong_out_of_order for c in everyone)
-        await link.report("delivered", deliver=deliver.to_json(), correctness=correctness,
-                          delivered_in_window=counters["delivered_in_window"],
+        await link.report("delivered", deliver=traffic.deliver.to_json(), correctness=correctness,
+                          delivered_in_window=traffic.delivered_in_window,
                           pings=sum(c.pings_sent for c in everyone))
         await close_all(everyone)
         nursery.cancel_scope.cancel()

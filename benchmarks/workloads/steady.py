@@ -17,20 +17,18 @@ once, in seq and inbox_seq order.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from typing import Any
 
 import trio
 
-from benchmarks.clients import Client, message_text, sent_at
 from benchmarks.fixtures import open_dms
 from benchmarks.harness import Outcome, RunContext
 from benchmarks.report import fmt, ms
 from benchmarks.stats import Histogram
 from benchmarks.workers import Link
 from benchmarks.workloads.common import (
-    AckBook,
+    PairTraffic,
     close_all,
     await_go,
     connect_and_keep_alive,
@@ -123,56 +121,20 @@ async def orchestrate(ctx: RunContext) -> Outcome:
 
 
 async def worker(job: dict[str, Any], link: Link) -> None:
-    book = AckBook()
-    deliver = Histogram()
-    lag = Histogram()
-    counters = {"delivered_in_window": 0, "sends": 0}
-    window = [0.0, float("inf")]
-
-    def on_message(client: Client, frame: dict[str, Any], now: float) -> None:
-        if frame["sender_id"] == client.user_id:
-            return  # our own echo: checked by the ledger, not a delivery to the partner
-        deliver.add(now - sent_at(frame["text"]))
-        if window[0] <= now <= window[1]:
-            counters["delivered_in_window"] += 1
-
-    members: list[tuple[Client, list[int]]] = []
-    for a, b, channel in job["pairs"]:
-        for creds in (a, b):
-            client = Client(job["ws_url"], creds["user_id"], creds["token"], on_ack=book.on_ack, on_message=on_message)
-            members.append((client, [channel]))
-    clients = [c for c, _ in members]
-    filler = "x" * job["text_chars"]
-    period = 1.0 / job["rate_per_user"]
-
-    async def sender(client: Client, channel: int, index: int, start: float, stop: float) -> None:
-        due = start + random.uniform(0, period)
-        n = 0
-        while due < stop:
-            await sleep_until(due)
-            lag.add(time.monotonic() - due)
-            await client.send(channel, f"{job['tag']}-{job['index']}-{index}-{n}", message_text(due, filler), due)
-            counters["sends"] += 1
-            n += 1
-            due += period
-
+    traffic = PairTraffic(job)
     async with trio.open_nursery() as nursery:
-        await connect_and_keep_alive(clients, nursery)
-        go = await await_go(link, book, window)
+        await connect_and_keep_alive(traffic.clients, nursery)
+        go = await await_go(link, traffic.book, traffic.window)
         async with trio.open_nursery() as senders:
-            for index, (client, chans) in enumerate(members):
-                senders.start_soon(sender, client, chans[0], index, go["start"], go["stop"])
-        with trio.move_on_after(30):
-            while any(c.pending and c.dropped is None for c in clients):
-                await trio.sleep(0.05)
-        await link.report("sent", acked=book.acked_json(), ack=book.latency.to_json(), lag=lag.to_json(),
-                          acked_in_window=book.in_window, acked_total=book.total, sends=counters["sends"])
+            traffic.start_senders(senders, go["start"], go["stop"])
+        await traffic.wait_acked()
+        await link.report("sent", **traffic.sent_report())
         expect = await link.receive("expect")
         expected = expected_sets(expect["acked"])
-        caught_up = await wait_delivered(members, expected, expect["timeout"])
-        correctness = verdicts(members, expected)
+        caught_up = await wait_delivered(traffic.members, expected, expect["timeout"])
+        correctness = verdicts(traffic.members, expected)
         correctness["not_caught_up"] = 0 if caught_up else 1
-        await link.report("delivered", deliver=deliver.to_json(), correctness=correctness,
-                          delivered_in_window=counters["delivered_in_window"])
-        await close_all(clients)
+        await link.report("delivered", deliver=traffic.deliver.to_json(), correctness=correctness,
+                          delivered_in_window=traffic.delivered_in_window)
+        await close_all(traffic.clients)
         nursery.cancel_scope.cancel()
