@@ -250,6 +250,26 @@ class HttpConnection(TCPServer):
             pass
         finally:
             await self._close()
+            self._break_cycles()
+
+    def _break_cycles(self) -> None:
+        """Drop the references that tie this connection's objects into cycles.
+
+        hypercorn's protocol objects hold this server's bound methods and it holds
+        them: ~40 objects per HTTP connection that only the cyclic collector
+        could free, and at a few hundred connections a minute those collections
+        stopped the event loop for tens of ms (soak, benchmarks/README.md). Once
+        the connection is over nothing uses them, so plain reference counting
+        frees them at once. Our own stream attributes stay: the listener reads
+        the hand-off's result after this returns.
+        """
+        wrapper = getattr(self, "protocol", None)
+        inner = getattr(wrapper, "protocol", None)
+        for obj in (inner, wrapper, getattr(self, "_task_group", None), getattr(self, "idle_task", None)):
+            if obj is not None and hasattr(obj, "__dict__"):
+                vars(obj).clear()
+        for name in ("protocol", "_task_group", "idle_task", "app", "context", "state", "config"):
+            vars(self).pop(name, None)
 
     async def protocol_send(self, event: ServerEvent) -> None:
         if isinstance(event, Updated):
