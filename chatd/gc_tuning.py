@@ -8,7 +8,8 @@ the oldest generation is collected whenever it has grown by a quarter: at
 stopped, 300-350 ms, several times a minute. Measured with the soak workload
 (benchmarks/README.md, 2026-11-30): ``/healthz`` p99 357 ms with the defaults,
 61-167 ms over two runs with this tuning (no full collection in the 60 s
-window; what remains is young collections of cyclic garbage). Objects that die young are then freed before promotion, so the old
+window), ~50 ms once HTTP connections also break hypercorn's reference
+cycles when they end (chatd.web.http_conn). Objects that die young are then freed before promotion, so the old
 generation grows, and is scanned, far less often.
 
 ``gc.freeze()`` at start moves everything imported so far (~65,000 objects)
