@@ -37,7 +37,7 @@ from chatd.services.ratelimit import RateLimiter
 from chatd.services.users import UserService
 from chatd.services.writer import SendWriter
 from chatd.web import listener
-from chatd.web.http_api import build_http_app, error_body, json_errors
+from chatd.web.http_api import build_http_app, json_errors
 from chatd.web.http_conn import Timeouts
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_wsproto import WsprotoEndpoint

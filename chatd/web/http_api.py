@@ -14,7 +14,6 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
-from http import HTTPStatus
 from typing import Any
 
 from quart import Response, g, request
@@ -30,6 +29,7 @@ from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.users import UserService
 from chatd.web import params
+from chatd.web.http_errors import code_for_status, error_body
 from chatd.web.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,6 @@ SYNC_PAGE_MAX = 1000
 CORS_METHODS = "GET, POST, PATCH, DELETE"
 CORS_HEADERS = "Authorization, Content-Type"
 CORS_MAX_AGE_S = "600"
-
-
-def error_body(code: str, message: str) -> bytes:
-    """The contract's error object, as the bytes of a response body."""
-    return _json({"error": {"code": code, "message": message}}).encode("utf-8")
 
 
 def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -70,23 +65,6 @@ def channel_json(channel: Channel) -> dict[str, Any]:
     out = channel.to_json()
     out.pop("members", None)
     return out
-
-
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "bad_request",
-               408: "bad_request", 409: "conflict", 413: "too_large", 415: "bad_request", 429: "rate_limited",
-               431: "too_large", 500: "internal", 501: "bad_request", 503: "unavailable"}
-
-
-def code_for_status(status: int) -> str:
-    """The contract's error code for a status chatd did not choose itself (a protocol error)."""
-    return _HTTP_CODES.get(status, "internal" if status >= 500 else "bad_request")
-
-
-def status_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "error"
 
 
 Scope = MutableMapping[str, Any]

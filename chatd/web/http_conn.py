@@ -54,7 +54,7 @@ from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.utils import parse_socket_addr
 from hypercorn.typing import ConnectionState
 
-from chatd.web.http_api import code_for_status, error_body, status_phrase
+from chatd.web.http_errors import code_for_status, error_body, status_phrase
 from chatd.web.http_handoff import HandoffStream
 
 log = logging.getLogger(__name__)

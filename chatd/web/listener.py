@@ -38,7 +38,7 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
-from chatd.web.http_api import error_body
+from chatd.web.http_errors import error_answer, linger
 from chatd.web.http_conn import HttpConnection, SendBounded, Timeouts
 from chatd.web.http_handoff import HandoffStream, head_asks_upgrade
 
@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 
 #: A request head larger than this is not a request we serve.
 MAX_HEAD_BYTES = 16 * 1024
-#: After refusing a request, how long and how much of the rest is read and dropped before closing.
-LINGER_S = 1.0
-LINGER_MAX_BYTES = 1 << 20
 
 WsHandler = Callable[[trio.SocketStream, bytes], Awaitable[None]]
 
@@ -71,20 +68,9 @@ async def refuse_large_head(stream: trio.SocketStream) -> None:
     connection, and the client may lose the answer; so the close lingers,
     bounded in time and bytes.
     """
-    body = error_body("too_large", f"the request head exceeds {MAX_HEAD_BYTES} bytes")
-    await stream.send_all(
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-        + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-        + body
-    )
+    await stream.send_all(error_answer(431, "too_large", f"the request head exceeds {MAX_HEAD_BYTES} bytes"))
     await stream.send_eof()
-    dropped = 0
-    with trio.move_on_after(LINGER_S):
-        while dropped < LINGER_MAX_BYTES:
-            chunk = await stream.receive_some(MAX_HEAD_BYTES)
-            if not chunk:
-                break
-            dropped += len(chunk)
+    await linger(stream)
 
 
 def is_websocket_upgrade(head: bytes) -> bool:

@@ -13,13 +13,13 @@ HTTP 401 with the contract's error body.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import parse_qs
 
 import trio
 
 from chatd.errors import ChatdError
+from chatd.web.http_errors import error_answer
 from chatd.wire.codec import WireFormat, choose_subprotocol
 
 Scope = dict[str, Any]
@@ -43,14 +43,7 @@ def offered_subprotocols(scope: Scope) -> list[str]:
 
 def refusal(error: ChatdError) -> bytes:
     """An HTTP error answer in the contract's shape; the connection closes after it."""
-    body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
-    head = (
-        f"HTTP/1.1 {error.status} {_REASONS.get(error.status, 'Error')}\r\n"
-        "content-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+    return error_answer(error.status, error.code, error.message)
 
 
 async def refuse(stream: trio.abc.SendStream, error: ChatdError) -> None:
@@ -71,5 +64,3 @@ def pick_format(scope: Scope) -> tuple[WireFormat, str | None] | None:
         return None
     return fmt, (fmt.value if fmt.value in (p.strip() for p in offered) else None)
 
-
-_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 503: "Service Unavailable"}

@@ -37,6 +37,7 @@ from wsproto.events import (
 )
 
 from chatd.errors import BadRequest, ChatdError, NotFound
+from chatd.web.http_errors import linger
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_endpoint import bearer_token, pick_format, refuse
 from chatd.ws.session import TransportClosed
@@ -48,11 +49,6 @@ CLOSE_TOO_BIG = 1009
 RECEIVE_BYTES = 65536
 #: From the end of the request head, the handshake (authentication included) must end within this.
 HANDSHAKE_TIMEOUT_S = 10.0
-#: After a close this side started for a fault, how long (and how much) to read
-#: and drop before the socket is closed: closing with unread data makes the
-#: kernel send a reset, which can destroy the close frame in the peer's buffers.
-LINGER_S = 1.0
-LINGER_BYTES = 1 << 20
 
 _conn_ids = itertools.count(1)
 
@@ -150,20 +146,11 @@ class WsprotoTransport:
         """Close for the peer's fault: send the close frame, drop what still comes, raise.
 
         Nothing more is parsed (after a violation the frame decoder's state is
-        meaningless); reading stops at EOF, ``LINGER_S`` or ``LINGER_BYTES``.
+        meaningless); reading stops at EOF or :func:`chatd.web.http_errors.linger`'s bounds.
         """
         if not self._aborted and self._ws.state is ConnectionState.OPEN:
             await self._send_bytes(self._ws.send(CloseConnection(code=code, reason=reason[:100])))
-            with trio.move_on_after(LINGER_S):
-                dropped = 0
-                while dropped < LINGER_BYTES:
-                    try:
-                        data = await self._stream.receive_some(RECEIVE_BYTES)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        break
-                    if not data:
-                        break
-                    dropped += len(data)
+            await linger(self._stream)
         raise TransportClosed(code)
 
     def _state(self) -> ConnectionState:
