@@ -149,6 +149,18 @@ async def close_code(stream: trio.SocketStream, already: bytes = b"", timeout: f
             ws.receive_data(data)
 
 
+async def first_text(stream: trio.SocketStream, already: bytes) -> Any:
+    """The first text message after the 101 (``already``: bytes read past its head), decoded."""
+    ws = Connection(ConnectionType.CLIENT)
+    ws.receive_data(already)
+    with trio.fail_after(10):
+        while True:
+            texts = [e.data for e in ws.events() if isinstance(e, TextMessage)]
+            if texts:
+                return json.loads(texts[0])
+            ws.receive_data(await stream.receive_some(65536))
+
+
 async def assert_still_serving(srv: RunningServer, token: str) -> None:
     """A normal client still gets welcome and completes a sync."""
     async with ws_client(srv, token) as client:
@@ -199,15 +211,7 @@ async def test_empty_subprotocol_offer_is_json_without_answering_one(db_url: str
         async with upgraded(srv, path, head) as (stream, response):
             assert response.status == 101
             assert b"sec-websocket-protocol" not in response.headers
-            ws = Connection(ConnectionType.CLIENT)
-            ws.receive_data(response.rest)
-            with trio.fail_after(10):
-                while True:
-                    texts = [e.data for e in ws.events() if isinstance(e, TextMessage)]
-                    if texts:
-                        break
-                    ws.receive_data(await stream.receive_some(65536))
-            assert json.loads(texts[0])["type"] == "welcome"
+            assert (await first_text(stream, response.rest))["type"] == "welcome"
         await assert_still_serving(srv, alice.token)
 
 
@@ -255,15 +259,7 @@ async def test_upgrade_pipelined_behind_a_request_waits_for_its_answer(db_url: s
                 while b"\r\n\r\n" not in pending:
                     pending += await stream.receive_some(65536)
             assert pending.startswith(b"HTTP/1.1 101"), pending
-            ws = Connection(ConnectionType.CLIENT)
-            ws.receive_data(pending.partition(b"\r\n\r\n")[2])
-            with trio.fail_after(10):
-                while True:
-                    texts = [e.data for e in ws.events() if isinstance(e, TextMessage)]
-                    if texts:
-                        break
-                    ws.receive_data(await stream.receive_some(65536))
-            assert json.loads(texts[0])["type"] == "welcome"
+            assert (await first_text(stream, pending.partition(b"\r\n\r\n")[2]))["type"] == "welcome"
 
 
 async def test_upgrade_trickled_on_a_keep_alive_connection(db_url: str) -> None:
