@@ -215,13 +215,10 @@ class Server:
         self._http_done = trio.Event()
         cfg = self.config
         hc = HypercornConfig()
-        hc.bind = [f"{cfg.server.host}:{cfg.server.port}"]
-        hc.websocket_max_message_size = cfg.limits.max_frame_bytes
         hc.graceful_timeout = cfg.server.drain_timeout_s
         hc.accesslog = None
         hc.errorlog = logging.getLogger("hypercorn.error")
         hc.keep_alive_timeout = cfg.server.keepalive_timeout_s
-        hc.websocket_ping_interval = None
         try:
             await listener.serve(
                 app,
