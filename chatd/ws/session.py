@@ -44,14 +44,13 @@ import trio
 
 from chatd.errors import ChatdError, RateLimited, Unavailable
 from chatd.hub import Hub, InboxSignal
-from chatd.models import InboxEvent, Principal
+from chatd.models import InboxEvent, Message, Principal
 from chatd.services.inbox import PAGE, InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter, take_token
-from chatd.models import Message
 from chatd.wire.codec import FrameError, WireFormat, decode_client_frame, encode_event, encode_frame
-from chatd.wire.outbound import AckFrame, ErrorFrame, LiveMessage, Pong, Reconnect, ServerFrame, Synced, Welcome
 from chatd.wire.frames import ClientFrame, PingFrame, ReceiptFrame, SendFrame, SyncFrame
+from chatd.wire.outbound import AckFrame, ErrorFrame, LiveMessage, Pong, Reconnect, ServerFrame, Synced, Welcome
 
 log = logging.getLogger(__name__)
 
