@@ -174,6 +174,7 @@ async def group_phase(ws_url: str, members: list[Member], senders: int, rate: fl
 
 async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: list[int], seconds: float,
                        typing: bool) -> dict[str, float]:
+    size = len(users) // len(channels)
     acked = 0
     async with trio.open_nursery() as nursery:
         end = trio.current_time() + seconds
@@ -187,7 +188,7 @@ async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: l
 
         async def member_loop(i: int, creds: dict[str, Any]) -> None:
             nonlocal acked
-            channel = channels[i // 10]
+            channel = channels[min(i // size, len(channels) - 1)]
             url = urls[i % 2].replace("http://", "ws://") + "/v1/ws"
             async with open_websocket_url(url, extra_headers=[("Authorization", f"Bearer {creds['token']}")]) as ws:
                 await ws.get_message()
@@ -204,7 +205,7 @@ async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: l
                     inner.start_soon(drain)
                     n = 0
                     while trio.current_time() < end:
-                        if i % 10 == 0:  # this channel's sender: closed loop on the ack
+                        if i % size == 0:  # this channel's sender: closed loop on the ack
                             got = trio.Event()
                             await ws.send_message(json.dumps({"type": "send", "channel_id": channel,
                                                               "client_msg_id": f"t{typing}-{n}", "text": "x"}))
@@ -257,6 +258,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5.0, help="messages/s offered in the group, in total")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--typing-seconds", type=float, default=10.0, help="each typing phase (0: skip part 2)")
+    parser.add_argument("--typers", type=int, default=200, help="users in part 2 (default 200)")
+    parser.add_argument("--channels", type=int, default=20, help="channels they are spread over (default 20)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chatd-receipts-") as tmp_name:
         tmp = Path(tmp_name)
@@ -302,10 +305,13 @@ def main() -> int:
             nodes = [ChatdServer(dsn, tmp / f"node-{n}", env={"CHATD_NODE_NAME": f"node-{n}"}) for n in "bc"]
             urls = [n.start() for n in nodes]
             try:
-                typers: list[Any] = seed.run(dsn, 200, "t")
-                groups = [typers[i * 10:(i + 1) * 10] for i in range(20)]
+                typers: list[Any] = seed.run(dsn, args.typers, "t")
+                size = args.typers // args.channels
+                groups = [typers[i * size:(i + 1) * size] for i in range(args.channels)]
+                typers = typers[:size * args.channels]
                 channels = trio.run(create_groups, urls[0], groups, "typing")
-                print(f"part 2: two nodes, 200 users in 20 channels of 10, {args.typing_seconds} s per phase")
+                print(f"part 2: two nodes, {len(typers)} users in {args.channels} channels of {size}, "
+                      f"{args.typing_seconds} s per phase")
                 for typing in (False, True):
                     counts: dict[str, int] = {}
                     stop = threading.Event()
