@@ -7,7 +7,7 @@ Part 1, receipts: one ``chatd serve``, a 50-member group, every member
 connected and synced. ``--senders`` members send, open loop, ``--rate`` msg/s
 in total; every member sends ``{"type": "receipt", "state": "read"}`` for
 every message event it receives. Measured in the window: messages/s,
-receipts/s (sent by clients), database commits/s (``pg_stat_database``), the
+receipts/s (sent by clients), database transactions/s (``pg_stat_database.xact_commit``, read-only ones included, over the window), the
 p50/p99 time from a message's send to its sender seeing the first ``read``
 receipt event for it and to seeing all 49, and the write amplification:
 rows written (``pg_stat_user_tables`` inserts + updates) and WAL bytes per
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import tempfile
 import threading
@@ -137,20 +138,25 @@ class Member:
             {"type": "send", "channel_id": self.channel, "client_msg_id": cmid, "text": "x" * 40}))
 
 
-async def group_phase(ws_url: str, members: list[Member], senders: int, rate: float, seconds: float,
-                      reads: bool, tag: str) -> dict[str, float]:
-    for m in members:
+async def group_phase(ws_url: str, creds: list[tuple[int, dict[str, Any]]], channel: int, total: int,
+                      senders: int, rate: float, seconds: float, reads: bool, tag: str,
+                      start_at: float) -> dict[str, Any]:
+    """One worker process's share of the members (``creds``: (global index, credentials));
+    the first ``senders`` global indexes send. Starts at ``start_at`` (CLOCK_MONOTONIC)."""
+    members = [(i, Member(c, channel, total)) for i, c in creds]
+    for _, m in members:
         m.ack_reads = reads
     period = senders / rate
     sent = 0
     async with trio.open_nursery() as nursery:
         stop = trio.Event()
         ready = trio.Semaphore(0, max_value=len(members))
-        for m in members:
+        for _, m in members:
             nursery.start_soon(m.run, ws_url, ready, stop)
         for _ in members:
             await ready.acquire()
-        start = time.monotonic()
+        await trio.sleep(max(0.0, start_at - time.monotonic()))
+        start = start_at
         end = start + seconds
 
         async def sender(m: Member, index: int) -> None:
@@ -158,24 +164,60 @@ async def group_phase(ws_url: str, members: list[Member], senders: int, rate: fl
             due = start + period * index / senders
             n = 0
             while due < end:
-                await trio.sleep_until(trio.current_time() + max(0.0, due - time.monotonic()))
+                await trio.sleep(max(0.0, due - time.monotonic()))
                 await m.send(f"{tag}-{m.user_id}-{n}")
                 sent += 1
                 n += 1
                 due += period
 
         async with trio.open_nursery() as load:
-            for i, m in enumerate(members[:senders]):
-                load.start_soon(sender, m, i)
+            for i, m in members:
+                if i < senders:
+                    load.start_soon(sender, m, i)
         await trio.sleep(3.0)  # let the tail of receipts arrive
         stop.set()
-    return {"sent": sent, "seconds": seconds}
+    return {
+        "sent": sent,
+        "receipts": sum(m.receipts_sent for _, m in members),
+        "first": [m.first_read.to_json() for _, m in members],
+        "every": [m.all_read.to_json() for _, m in members],
+    }
+
+
+def _group_worker(out: Any, args: tuple[Any, ...]) -> None:
+    out.put(trio.run(group_phase, *args))
+
+
+def run_group(workers: int, ws_url: str, users: list[dict[str, Any]], channel: int, senders: int, rate: float,
+              seconds: float, reads: bool, tag: str) -> dict[str, Any]:
+    """The members spread over ``workers`` client processes (one Python process cannot
+    read the thousands of receipt events per second a 50-member group makes)."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    start_at = time.monotonic() + 3.0 + len(users) * 0.02
+    procs = []
+    for w in range(workers):
+        share = [(i, u) for i, u in enumerate(users) if i % workers == w]
+        args = (ws_url, share, channel, len(users), senders, rate, seconds, reads, tag, start_at)
+        proc = ctx.Process(target=_group_worker, args=(queue, args))
+        proc.start()
+        procs.append(proc)
+    parts = [queue.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join(10)
+    return {
+        "sent": sum(p["sent"] for p in parts),
+        "receipts": sum(p["receipts"] for p in parts),
+        "first": Histogram.merged(h for p in parts for h in p["first"]),
+        "every": Histogram.merged(h for p in parts for h in p["every"]),
+    }
 
 
 async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: list[int], seconds: float,
                        typing: bool) -> dict[str, float]:
     size = len(users) // len(channels)
     acked = 0
+    typed = 0
     async with trio.open_nursery() as nursery:
         end = trio.current_time() + seconds
         ready = trio.Semaphore(0, max_value=len(users))
@@ -187,7 +229,7 @@ async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: l
                 pass
 
         async def member_loop(i: int, creds: dict[str, Any]) -> None:
-            nonlocal acked
+            nonlocal acked, typed
             channel = channels[min(i // size, len(channels) - 1)]
             url = urls[i % 2].replace("http://", "ws://") + "/v1/ws"
             async with open_websocket_url(url, extra_headers=[("Authorization", f"Bearer {creds['token']}")]) as ws:
@@ -217,6 +259,7 @@ async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: l
                                 await ws.send_message(json.dumps({"type": "typing", "channel_id": channel}))
                         elif typing:
                             await ws.send_message(json.dumps({"type": "typing", "channel_id": channel}))
+                            typed += 1
                             await trio.sleep(0.5)
                         else:
                             await trio.sleep(0.5)
@@ -224,7 +267,7 @@ async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: l
 
         for i, creds in enumerate(users):
             nursery.start_soon(member, i, creds)
-    return {"acked": acked}
+    return {"acked": acked, "typed": typed}
 
 
 def count_notifies(dsn: str, stop: threading.Event, counts: dict[str, int]) -> threading.Thread:
@@ -257,6 +300,7 @@ def main() -> int:
     parser.add_argument("--senders", type=int, default=5)
     parser.add_argument("--rate", type=float, default=5.0, help="messages/s offered in the group, in total")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--workers", type=int, default=4, help="client processes for part 1 (default 4)")
     parser.add_argument("--typing-seconds", type=float, default=10.0, help="each typing phase (0: skip part 2)")
     parser.add_argument("--typers", type=int, default=200, help="users in part 2 (default 200)")
     parser.add_argument("--channels", type=int, default=20, help="channels they are spread over (default 20)")
@@ -273,21 +317,18 @@ def main() -> int:
                       f"{args.seconds} s per phase")
                 results = {}
                 for reads in (False, True):
-                    members = [Member(u, channel, len(users)) for u in users]
                     before = db_counters(dsn)
                     t0 = time.monotonic()
-                    out = trio.run(group_phase, server.ws_url, members, args.senders, args.rate, args.seconds,
-                                   reads, "r" if reads else "p")
+                    out = run_group(args.workers, server.ws_url, users, channel, args.senders, args.rate,
+                                    args.seconds, reads, "r" if reads else "p")
                     wall = time.monotonic() - t0
                     after = db_counters(dsn)
-                    receipts = sum(m.receipts_sent for m in members)
-                    first = Histogram.merged(m.first_read.to_json() for m in members)
-                    every = Histogram.merged(m.all_read.to_json() for m in members)
+                    receipts, first, every = out["receipts"], out["first"], out["every"]
                     d = {k: after[k] - before[k] for k in after}
                     results[reads] = (out, receipts, d, first, every, wall)
                     name = "with read receipts" if reads else "plain sends"
                     print(f"  {name}: messages/s {out['sent'] / args.seconds:.1f}, receipts/s "
-                          f"{receipts / args.seconds:.1f}, DB commits/s {d['commits'] / wall:.1f}, "
+                          f"{receipts / args.seconds:.1f}, DB transactions/s {d['commits'] / args.seconds:.1f}, "
                           f"rows/message {d['rows'] / max(1, out['sent']):.1f}, "
                           f"WAL KiB/message {d['wal'] / 1024 / max(1, out['sent']):.1f}")
                     if reads:
@@ -324,7 +365,7 @@ def main() -> int:
                     thread.join(5)
                     total = sum(counts.values())
                     print(f"  {'typing every 0.5 s' if typing else 'nobody typing'}: plain sends acked/s "
-                          f"{out['acked'] / wall:.1f}, NOTIFYs/s {total / wall:.1f} "
+                          f"{out['acked'] / wall:.1f}, typing frames sent/s {out['typed'] / wall:.1f}, NOTIFYs/s {total / wall:.1f} "
                           f"(live e: {counts.get('e:', 0) / wall:.1f}, send batches w: {counts.get('w:', 0) / wall:.1f})")
             finally:
                 for n in nodes:
