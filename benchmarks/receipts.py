@@ -213,13 +213,13 @@ def run_group(workers: int, ws_url: str, users: list[dict[str, Any]], channel: i
     }
 
 
-async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: list[int], seconds: float,
-                       typing: bool) -> dict[str, float]:
-    size = len(users) // len(channels)
+async def typing_phase(urls: list[str], users: list[tuple[int, dict[str, Any]]], size: int, channels: list[int],
+                       seconds: float, typing: bool, start_at: float) -> dict[str, float]:
+    """One worker process's share of the users ((global index, credentials)); the
+    window is ``start_at`` .. ``start_at + seconds`` (CLOCK_MONOTONIC)."""
     acked = 0
     typed = 0
     async with trio.open_nursery() as nursery:
-        end = trio.current_time() + seconds
         ready = trio.Semaphore(0, max_value=len(users))
 
         async def member(i: int, creds: dict[str, Any]) -> None:
@@ -243,10 +243,11 @@ async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: l
                             got.set()
 
                 got = trio.Event()
+                await trio.sleep(max(0.0, start_at - time.monotonic()))
                 async with trio.open_nursery() as inner:
                     inner.start_soon(drain)
                     n = 0
-                    while trio.current_time() < end:
+                    while time.monotonic() < start_at + seconds:
                         if i % size == 0:  # this channel's sender: closed loop on the ack
                             got = trio.Event()
                             await ws.send_message(json.dumps({"type": "send", "channel_id": channel,
@@ -265,16 +266,41 @@ async def typing_phase(urls: list[str], users: list[dict[str, Any]], channels: l
                             await trio.sleep(0.5)
                     inner.cancel_scope.cancel()
 
-        for i, creds in enumerate(users):
+        for i, creds in users:
             nursery.start_soon(member, i, creds)
     return {"acked": acked, "typed": typed}
 
 
-def count_notifies(dsn: str, stop: threading.Event, counts: dict[str, int]) -> threading.Thread:
+def _typing_worker(out: Any, args: tuple[Any, ...]) -> None:
+    out.put(trio.run(typing_phase, *args))
+
+
+def run_typing(workers: int, urls: list[str], users: list[dict[str, Any]], size: int, channels: list[int],
+               seconds: float, typing: bool, start_at: float) -> dict[str, float]:
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = []
+    for w in range(workers):
+        share = [(i, u) for i, u in enumerate(users) if i % workers == w]
+        proc = ctx.Process(target=_typing_worker,
+                           args=(queue, (urls, share, size, channels, seconds, typing, start_at)))
+        proc.start()
+        procs.append(proc)
+    parts = [queue.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join(10)
+    return {"acked": sum(p["acked"] for p in parts), "typed": sum(p["typed"] for p in parts)}
+
+
+def count_notifies(dsn: str, stop: threading.Event, counts: dict[str, int],
+                   window: tuple[float, float]) -> threading.Thread:
+    """Count the cluster's NOTIFYs by kind heard within ``window`` (CLOCK_MONOTONIC)."""
     async def run() -> None:
         conn = await asyncpg.connect(dsn)
 
         def heard(_c: object, _pid: int, _ch: str, payload: str) -> None:
+            if not window[0] <= time.monotonic() <= window[1]:
+                return
             kind = payload[:2] if payload[:2] in ("e:", "w:") else "other"
             counts[kind] = counts.get(kind, 0) + 1
 
@@ -356,11 +382,11 @@ def main() -> int:
                 for typing in (False, True):
                     counts: dict[str, int] = {}
                     stop = threading.Event()
-                    thread = count_notifies(dsn, stop, counts)
-                    time.sleep(0.3)
-                    t0 = time.monotonic()
-                    out = trio.run(typing_phase, urls, typers, channels, args.typing_seconds, typing)
-                    wall = time.monotonic() - t0
+                    start_at = time.monotonic() + 3.0 + len(typers) * 0.02
+                    thread = count_notifies(dsn, stop, counts, (start_at, start_at + args.typing_seconds))
+                    out = run_typing(args.workers, urls, typers, size, channels, args.typing_seconds, typing,
+                                     start_at)
+                    wall = args.typing_seconds
                     stop.set()
                     thread.join(5)
                     total = sum(counts.values())

@@ -94,7 +94,8 @@ class Services:
         writer = SendWriter(
             stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
         )
-        bus = LiveBus(LiveHintStore(db), config.node_name)
+        live_hints = LiveHintStore(db)
+        bus = LiveBus(live_hints, config.node_name)
         presence = PresenceService(stores.presence, bus, config.node_name, timeout_s=config.presence.timeout_s)
         receipt_writer = ReceiptWriter(
             stores.receipts, hub, bus, fanout_max_members=config.receipts.fanout_max_members
@@ -129,7 +130,7 @@ class Services:
             live=live,
             control=RateLimiter(CONTROL_RATE_PER_USER_S, CONTROL_BURST_PER_USER),
             bus=bus,
-            delivery=LiveDelivery(stores.channels, hub, presence.hinted),
+            delivery=LiveDelivery(live_hints, hub, presence.hinted),
             receipt_writer=receipt_writer,
             receipts=ReceiptService(stores.receipts, receipt_writer),
             presence=presence,

@@ -9,11 +9,15 @@ milliseconds; the payloads of one call share one commit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from chatd import hints
 from chatd.db.bridge import Connection, Database
 
 _NOTIFY = f"SELECT pg_notify('{hints.CHANNEL}', p) FROM unnest($1::text[]) AS p"
+_MEMBERS_AMONG = """
+SELECT channel_id, user_id FROM members WHERE channel_id = ANY($1::bigint[]) AND user_id = ANY($2::bigint[])
+"""
 
 
 class LiveHintStore:
@@ -25,3 +29,15 @@ class LiveHintStore:
             await conn.execute(_NOTIFY, list(payloads))
 
         await self.db.transaction(unit)
+
+    async def members_among(self, channel_ids: Sequence[int], user_ids: Sequence[int]) -> dict[int, list[int]]:
+        """Which of these users are members of each of these channels: one query for a
+        whole live hint, whatever the number of channels in it."""
+
+        async def unit(conn: Connection) -> list[Any]:
+            return list(await conn.fetch(_MEMBERS_AMONG, list(channel_ids), list(user_ids)))
+
+        found: dict[int, list[int]] = {}
+        for r in await self.db.read(unit):
+            found.setdefault(r["channel_id"], []).append(r["user_id"])
+        return found

@@ -24,7 +24,6 @@ from collections.abc import Callable
 import trio
 
 from chatd import hints
-from chatd.db.channels import ChannelStore
 from chatd.db.livehints import LiveHintStore
 from chatd.errors import Unavailable
 from chatd.hub import Hub
@@ -112,8 +111,8 @@ class LiveDelivery:
     """Acts on every node's live hints: typing and receipt updates to this node's
     connected members of the channel, presence to the presence service."""
 
-    def __init__(self, channels: ChannelStore, hub: Hub, on_presence: Callable[[hints.Live], None]) -> None:
-        self.channels = channels
+    def __init__(self, store: LiveHintStore, hub: Hub, on_presence: Callable[[hints.Live], None]) -> None:
+        self.store = store
         self.hub = hub
         self.on_presence = on_presence
         self._in, self._out = trio.open_memory_channel[hints.Live](DELIVERY_QUEUE)
@@ -146,8 +145,9 @@ class LiveDelivery:
             by_channel[channel_id].append((user_id, TypingNotice(channel_id, user_id)))
         for channel_id, user_id, state, seq in hint.receipts:
             by_channel[channel_id].append((user_id, ReceiptUpdate(channel_id, user_id, state, seq)))
+        members_of = await self.store.members_among(sorted(by_channel), online)
         for channel_id, frames in by_channel.items():
-            members = await self.channels.members_among(channel_id, online)
+            members = members_of.get(channel_id, [])
             for author, frame in frames:
                 # Typing never goes to the typist's own connections; receipt updates do (its other devices).
                 skip = author if isinstance(frame, TypingNotice) else None
