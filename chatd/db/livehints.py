@@ -14,6 +14,11 @@ from typing import Any
 from chatd import hints
 from chatd.db.bridge import Connection, Database
 
+#: Nothing here needs to be durable: the commit does not wait for its WAL flush
+#: (``synchronous_commit`` off for this transaction only), so it does not hold
+#: PostgreSQL's notify lock across an fsync, which every other notifying commit
+#: (the send batches) would wait for.
+_ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
 _NOTIFY = f"SELECT pg_notify('{hints.CHANNEL}', p) FROM unnest($1::text[]) AS p"
 _MEMBERS_AMONG = """
 SELECT channel_id, user_id FROM members WHERE channel_id = ANY($1::bigint[]) AND user_id = ANY($2::bigint[])
@@ -26,6 +31,7 @@ class LiveHintStore:
 
     async def publish(self, payloads: Sequence[str]) -> None:
         async def unit(conn: Connection) -> None:
+            await conn.execute(_ASYNC_COMMIT)
             await conn.execute(_NOTIFY, list(payloads))
 
         await self.db.transaction(unit)
