@@ -49,6 +49,7 @@ class FakeSession:
         self.revoked = False
         self.drained: int | None = None
         self.offered: list[Message] = []
+        self.frames: list[object] = []
 
     def drain(self, after_ms: int) -> None:
         self.drained = after_ms
@@ -58,6 +59,9 @@ class FakeSession:
 
     def push_message(self, message: Message) -> None:
         self.offered.append(message)
+
+    def offer(self, frame: object) -> None:
+        self.frames.append(frame)
 
 
 def node_hint(payload: str) -> hints.InboxHeads | hints.WakeAll | hints.DeviceRevoked | hints.UserRevoked:
@@ -159,3 +163,15 @@ def test_live_hints_round_trip_and_split_under_the_payload_limit() -> None:
 @pytest.mark.parametrize("payload", ["e:n|", "e:n|x1", "e:n|t1", "e:n|p1,2,3", "e:n|r1,2,x,4", "e:n|t1,a"])
 def test_garbage_live_hint_is_dropped_not_a_wake_up(payload: str) -> None:
     assert hints.parse(payload) == hints.Live("n")
+
+
+def test_hub_pushes_live_frames_to_every_local_connection_of_the_users() -> None:
+    from chatd.wire.outbound import TypingNotice
+
+    hub = Hub()
+    sessions = [FakeSession(1, 10), FakeSession(1, 11), FakeSession(2, 20)]
+    for session in sessions:
+        hub.add_session(session)
+    frame = TypingNotice(5, 3)
+    hub.push_frame([1, 7], frame)
+    assert [s.frames for s in sessions] == [[frame], [frame], []]
