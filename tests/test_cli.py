@@ -339,7 +339,7 @@ async def test_two_concurrent_migrates_on_an_empty_database(
         known = load_migrations()
         pending = await chatd(tmp_path, empty_url, "migrate", "--status")
         assert pending.rc == 0, pending
-        assert pending.lines == [f"{m.version:04d}_{m.name}\tpending" for m in known]
+        assert pending.lines == [f"{m.version:04d}_{m.name}\tpending\trelease {m.release or '(not declared)'}" for m in known]
 
         both = await chatd_all(tmp_path, empty_url, ("migrate",), ("migrate",))
         for result in both:
