@@ -89,7 +89,8 @@ class FollowingDevice:
         self.target: int | None = None
         self.events: list[dict[str, Any]] = []
         self.out_of_order = 0
-        self.delivery_s: list[float] = []
+        #: (due time, send->deliver seconds) of each message event.
+        self.deliveries: list[tuple[float, float]] = []
         #: From a ``reconnect`` frame (or a lost connection) to ``synced`` on another node.
         self.waits_s: list[float] = []
         self.after_ms: list[int] = []
@@ -144,13 +145,15 @@ class FollowingDevice:
         self.cursor = frame["inbox_seq"]
         if frame.get("kind") == "message":
             try:
-                self.delivery_s.append(trio.current_time() - float(frame["text"]))
+                due = float(frame["text"])
             except (KeyError, ValueError):
-                pass
+                return
+            self.deliveries.append((due, trio.current_time() - due))
 
 
 class RetryingSender:
-    """Sends on a clock; an unacknowledged send is retried with the same ``client_msg_id`` until acked."""
+    """Sends on a clock, not waiting for acks; whatever is unacknowledged is sent again, with the same
+    ``client_msg_id``, on the next connection (the node it went to may have committed it or not)."""
 
     def __init__(self, token: str, channel_id: int, nodes: NodeSet, prefix: str) -> None:
         self.token = token
@@ -159,64 +162,100 @@ class RetryingSender:
         self.prefix = prefix
         #: client_msg_id -> the ack frame (the first one; a retry's ack has ``duplicate``).
         self.acked: dict[str, dict[str, Any]] = {}
+        #: Sends written again on a later connection.
         self.retries = 0
+        #: Due time to the first write of each message: how far this sender fell behind its clock.
+        self.lag_s: list[float] = []
+        #: From ``reconnect`` (or a lost connection) to the next ``welcome``.
         self.waits_s: list[float] = []
         self.after_ms: list[int] = []
+        self._unacked: dict[str, str] = {}  # client_msg_id -> frame, in send order
+        self._written: set[str] = set()
+        self._ws: WebSocketConnection | None = None
+        self._lock = trio.Lock()  # a connection's resends, then new sends: in order
 
-    async def run(self, rate_per_s: float, until: float) -> None:
-        """Send one message every 1/rate s (or late, never skipped) until the clock reaches ``until``."""
-        start = trio.current_time()
-        period = 1 / rate_per_s
+    async def run(self, rate_per_s: float, stop: trio.Event, ack_timeout_s: float = 60) -> None:
+        """Send one message every 1/rate s (late, never skipped) until ``stop``; then wait for every ack."""
         async with trio.open_nursery() as nursery:
-            ws: WebSocketConnection | None = None
-            url: str | None = None
-            left_at: float | None = None
-            i = -1
-            while (due := start + (i := i + 1) * period) < until:
-                await trio.sleep_until(due)
+            nursery.start_soon(self._connections, nursery)
+            start = trio.current_time()
+            i = 0
+            while not stop.is_set():
+                due = start + i * (1 / rate_per_s)
+                with trio.move_on_at(due):
+                    await stop.wait()
+                if stop.is_set():
+                    break
                 cmid = f"{self.prefix}-{i}"
-                while cmid not in self.acked:
-                    if ws is None:
-                        ws, url = await _connect(nursery, self.nodes, self.token, url)
-                        if left_at is not None:
-                            self.waits_s.append(trio.current_time() - left_at)
-                            left_at = None
-                    try:
-                        told = await self._send(ws, cmid, due)
-                    except DISCONNECTED:
-                        told = left_at or trio.current_time()
-                        self.retries += cmid not in self.acked
-                    if told is not None:  # draining, or gone: go elsewhere
-                        left_at = told
-                        await ws.aclose()
-                        ws = None
-            if ws is not None:
-                await ws.aclose()
+                i += 1
+                frame = json.dumps({"type": "send", "channel_id": self.channel_id, "client_msg_id": cmid,
+                                    "text": f"{due:.6f}", "ref": cmid})
+                async with self._lock:
+                    self._unacked[cmid] = frame
+                    self.lag_s.append(trio.current_time() - due)
+                    if self._ws is not None:
+                        try:
+                            self._written.add(cmid)
+                            await self._ws.send_message(frame)
+                        except DISCONNECTED:
+                            pass  # the connection task notices, and sends it again elsewhere
+            with trio.fail_after(ack_timeout_s):
+                while self._unacked:
+                    await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
 
-    async def _send(self, ws: WebSocketConnection, cmid: str, due: float) -> float | None:
-        """One attempt: wait for its ack (or a retryable error). Returns when told to reconnect."""
-        frame_out = {"type": "send", "channel_id": self.channel_id, "client_msg_id": cmid, "text": f"{due:.6f}",
-                     "ref": cmid}
-        await ws.send_message(json.dumps(frame_out))
-        told: float | None = None
-        after_ms = 0
+    async def _connections(self, nursery: trio.Nursery) -> None:
+        url: str | None = None
+        left_at: float | None = None
+        while True:
+            ws, url = await _connect(nursery, self.nodes, self.token, url)
+            if left_at is not None:
+                self.waits_s.append(trio.current_time() - left_at)
+            try:
+                async with self._lock:
+                    for cmid, frame in list(self._unacked.items()):
+                        self.retries += cmid in self._written
+                        self._written.add(cmid)
+                        await ws.send_message(frame)
+                    self._ws = ws
+                left_at = await self._read(ws)
+            except DISCONNECTED:
+                left_at = trio.current_time()
+            async with self._lock:
+                self._ws = None
+            await ws.aclose()
+
+    async def _read(self, ws: WebSocketConnection) -> float:
+        """Take acks until the node says ``reconnect`` (or refuses a send as unavailable): the time it did.
+
+        After ``reconnect`` no new send goes to this node; its acks of sends
+        already written still arrive until it closes. Then the random wait.
+        """
         while True:
             frame = json.loads(await ws.get_message())
             kind = frame.get("type")
-            if kind == "reconnect":
-                told = trio.current_time()
-                after_ms = frame["after_ms"]
-                self.after_ms.append(after_ms)
-            elif frame.get("ref") == cmid and kind == "ack":
-                self.acked[cmid] = frame
-                break
-            elif frame.get("ref") == cmid and kind == "error":
+            if kind == "ack":
+                self._unacked.pop(frame["client_msg_id"], None)
+                self.acked.setdefault(frame["client_msg_id"], frame)
+            elif kind == "error":
                 if frame.get("code") != "unavailable":
-                    raise RuntimeError(f"send {cmid} refused: {frame}")
-                self.retries += 1
-                told = told or trio.current_time()
+                    raise RuntimeError(f"send refused: {frame}")
+                told, after_ms = trio.current_time(), 0
                 break
-        if told is not None:
-            await trio.sleep(random.uniform(0, after_ms / 1000))
+            elif kind == "reconnect":
+                told, after_ms = trio.current_time(), frame["after_ms"]
+                self.after_ms.append(after_ms)
+                break
+        async with self._lock:
+            self._ws = None
+        with trio.move_on_after(5):
+            try:
+                while True:  # the acks of what was in flight, until the node closes
+                    frame = json.loads(await ws.get_message())
+                    if frame.get("type") == "ack":
+                        self._unacked.pop(frame["client_msg_id"], None)
+                        self.acked.setdefault(frame["client_msg_id"], frame)
+            except DISCONNECTED:
+                pass
+        await trio.sleep_until(told + random.uniform(0, after_ms / 1000))
         return told
