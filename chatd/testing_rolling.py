@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -259,3 +260,25 @@ class RetryingSender:
                 pass
         await trio.sleep_until(told + random.uniform(0, after_ms / 1000))
         return told
+
+
+async def under_load(
+    devices: Sequence[FollowingDevice],
+    senders: Sequence[RetryingSender],
+    rate_per_sender: float,
+    during: Callable[[], Awaitable[None]],
+    heads: Callable[[], Awaitable[Sequence[int]]],
+) -> None:
+    """Devices follow and senders send while ``during`` runs (the restarts); then the senders stop
+    and wait for every ack, and each device follows up to its user's inbox head (``heads``, in order)."""
+    async with trio.open_nursery() as nursery:
+        for device in devices:
+            nursery.start_soon(device.run)
+        stop = trio.Event()
+        async with trio.open_nursery() as load:
+            for sender in senders:
+                load.start_soon(sender.run, rate_per_sender, stop)
+            await during()
+            stop.set()
+        for device, head in zip(devices, await heads()):
+            device.target = head

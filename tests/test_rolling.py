@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from chatd.testing_rolling import FollowingDevice, NodeSet, RetryingSender
+from chatd.testing_rolling import FollowingDevice, NodeSet, RetryingSender, under_load
 from tests.processes import Serving, seed_channel, serving
 from tests.test_cli import chatd
 from tests.test_cluster import inbox_of
@@ -73,21 +73,13 @@ async def test_rolling_restart_of_every_node_under_load_loses_nothing(tmp_path: 
                 drains.append(await node.stop())
                 view.up(node.name, await node.start())
                 await trio.sleep(1.0)
+            await trio.sleep(0.5)
+
+        async def heads() -> list[int]:
+            return [len(await inbox_of(db_url, uid)) for uid in ids]
 
         with trio.fail_after(120):
-            async with trio.open_nursery() as nursery:
-                for device in devices:
-                    nursery.start_soon(device.run)
-                stop = trio.Event()
-                async with trio.open_nursery() as load:
-                    for sender in senders:
-                        load.start_soon(sender.run, RATE_PER_SENDER, stop)
-                    await roll()
-                    await trio.sleep(0.5)
-                    stop.set()  # the senders stop, and wait for every ack
-                heads = [len(await inbox_of(db_url, uid)) for uid in ids]
-                for device, head in zip(devices, heads):
-                    device.target = head
+            await under_load(devices, senders, RATE_PER_SENDER, roll, heads)
         for rc, took in drains:
             assert rc == 0 and took < 10, drains
         acked = {cmid for s in senders for cmid in s.acked}

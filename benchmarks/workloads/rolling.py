@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from typing import Any
 
 import asyncpg
@@ -39,7 +40,7 @@ from benchmarks.harness import Outcome, RunContext
 from benchmarks.report import fmt, ms
 from benchmarks.server import ChatdServer
 from benchmarks.stats import Histogram
-from chatd.testing_rolling import FollowingDevice, NodeSet, RetryingSender
+from chatd.testing_rolling import FollowingDevice, NodeSet, RetryingSender, under_load
 
 HELP = "two nodes restarted one after the other under group load: delivery and client waits"
 READY_TIMEOUT_S = 60.0
@@ -96,32 +97,32 @@ async def orchestrate(ctx: RunContext) -> Outcome:
     senders = [RetryingSender(u["token"], channel, view, f"{ctx.tag}-s{i}") for i, u in enumerate(users[: args.senders])]
     drains: dict[str, dict[str, Any]] = {}
     roll: dict[str, float] = {}
+    window = ctx.window(None)
+
+    async def roll_under_load() -> None:
+        async with window:  # node a, steady, before the roll
+            await trio.sleep(args.settle)
+        roll["start"] = trio.current_time()
+        for generation, (name, srv) in enumerate(servers.items(), start=2):
+            view.down(name)
+            drains[name] = await restart(srv, generation)
+            view.up(name, srv.url)
+            if name != "b":
+                await trio.sleep(args.settle)
+        roll["end"] = trio.current_time()
+        await trio.sleep(args.settle)
+
+    async def heads() -> list[int]:
+        found = await trio.to_thread.run_sync(inbox_heads, ctx.dsn, [u["user_id"] for u in users])
+        return [found[u["user_id"]] for u in users]
+
+    cpu0, wall0 = time.process_time(), time.monotonic()
     try:
         with trio.fail_after(4 * args.settle + 2 * READY_TIMEOUT_S + 120):
-            async with trio.open_nursery() as nursery:
-                for device in devices:
-                    nursery.start_soon(device.run)
-                stop = trio.Event()
-                async with trio.open_nursery() as load:
-                    for sender in senders:
-                        load.start_soon(sender.run, args.rate / len(senders), stop)
-                    async with ctx.window(None) as window:  # node a, steady, before the roll
-                        await trio.sleep(args.settle)
-                    roll["start"] = trio.current_time()
-                    for generation, (name, srv) in enumerate(servers.items(), start=2):
-                        view.down(name)
-                        drains[name] = await restart(srv, generation)
-                        view.up(name, srv.url)
-                        if name != "b":
-                            await trio.sleep(args.settle)
-                    roll["end"] = trio.current_time()
-                    await trio.sleep(args.settle)
-                    stop.set()  # the senders stop, and wait for every ack
-                heads = await trio.to_thread.run_sync(inbox_heads, ctx.dsn, [u["user_id"] for u in users])
-                for device, user in zip(devices, users):
-                    device.target = heads[user["user_id"]]
+            await under_load(devices, senders, args.rate / len(senders), roll_under_load, heads)
     finally:
         b_code = await trio.to_thread.run_sync(b.stop)
+    load_cpu_pct = round(100 * (time.process_time() - cpu0) / (time.monotonic() - wall0), 1)
 
     deliver, before, during, waits, lag = Histogram(), Histogram(), Histogram(), Histogram(), Histogram()
     for device in devices:
@@ -153,6 +154,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         "drains": {name: {k: v for k, v in d.items() if k != "url"} for name, d in drains.items()},
         "retried_sends": sum(s.retries for s in senders),
         "roll_s": round(roll["end"] - roll["start"], 2),
+        "load_generator_cpu_pct": load_cpu_pct,
     }
     sent = sum(len(s.lag_s) for s in senders)
     correctness: dict[str, Any] = {
@@ -175,6 +177,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         ("clients waited p50 / p99 / max (n)",
          ms(figures["client_wait_ms"], "p50", "p99", "max") + f" ({figures['client_wait_ms']['n']})"),
         ("after_ms asked (max)", f"{figures['after_ms']['max']} ms over {len(after_ms)} reconnect frames"),
+        ("load generator CPU (this process, % of one core)", f"{load_cpu_pct} %"),
         ("drain / down (a; b)", "; ".join(f"{d['drain_s']} / {d['down_s']} s" for d in drains.values())),
     ]
     params = {"devices": len(devices), "senders": len(senders), "rate": args.rate, "settle": args.settle}
