@@ -50,6 +50,12 @@ class NodeSet:
         return random.choice(choices)
 
 
+async def _close(ws: WebSocketConnection) -> None:
+    """Close in the background, bounded: the node may be busy draining, or gone."""
+    with trio.move_on_after(5):
+        await ws.aclose()
+
+
 def ws_url(url: str) -> str:
     return url.replace("http://", "ws://", 1) + "/v1/ws"
 
@@ -106,8 +112,8 @@ class FollowingDevice:
     async def run(self) -> None:
         avoid: str | None = None
         left_at: float | None = None
-        while not self.done():
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
+            while not self.done():
                 ws, url = await _connect(nursery, self.nodes, self.token, avoid)
                 try:
                     await ws.send_message(json.dumps({"type": "sync", "after": self.cursor}))
@@ -115,8 +121,8 @@ class FollowingDevice:
                 except DISCONNECTED:
                     left_at = left_at or trio.current_time()
                 avoid = url
-                await ws.aclose()
-                nursery.cancel_scope.cancel()
+                nursery.start_soon(_close, ws)  # not waiting for a draining node to answer the close
+            nursery.cancel_scope.cancel()
 
     async def _follow(self, ws: WebSocketConnection, left_at: float | None) -> float | None:
         """Apply frames until done (None) or told to go: then the time it was told."""
@@ -170,6 +176,8 @@ class RetryingSender:
         #: From ``reconnect`` (or a lost connection) to the next ``welcome``.
         self.waits_s: list[float] = []
         self.after_ms: list[int] = []
+        #: Due time to ack, per acknowledged message.
+        self.ack_s: list[float] = []
         self._unacked: dict[str, str] = {}  # client_msg_id -> frame, in send order
         self._written: set[str] = set()
         self._ws: WebSocketConnection | None = None
@@ -219,25 +227,32 @@ class RetryingSender:
                         self._written.add(cmid)
                         await ws.send_message(frame)
                     self._ws = ws
-                left_at = await self._read(ws)
+                left_at = await self._read(ws, nursery)
             except DISCONNECTED:
                 left_at = trio.current_time()
-            async with self._lock:
-                self._ws = None
-            await ws.aclose()
+                async with self._lock:
+                    self._ws = None
+                nursery.start_soon(_close, ws)
 
-    async def _read(self, ws: WebSocketConnection) -> float:
+    def _acked(self, frame: dict[str, Any]) -> None:
+        sent = self._unacked.pop(frame["client_msg_id"], None)
+        if sent is not None:
+            self.ack_s.append(trio.current_time() - float(json.loads(sent)["text"]))
+        self.acked.setdefault(frame["client_msg_id"], frame)
+
+    async def _read(self, ws: WebSocketConnection, nursery: trio.Nursery) -> float:
         """Take acks until the node says ``reconnect`` (or refuses a send as unavailable): the time it did.
 
-        After ``reconnect`` no new send goes to this node; its acks of sends
-        already written still arrive until it closes. Then the random wait.
+        From then on no new send goes to this node; the acks of sends already
+        written to it are still taken, in the background, until it closes.
+        After the random wait, whatever is still unacknowledged is sent again
+        on the next connection.
         """
         while True:
             frame = json.loads(await ws.get_message())
             kind = frame.get("type")
             if kind == "ack":
-                self._unacked.pop(frame["client_msg_id"], None)
-                self.acked.setdefault(frame["client_msg_id"], frame)
+                self._acked(frame)
             elif kind == "error":
                 if frame.get("code") != "unavailable":
                     raise RuntimeError(f"send refused: {frame}")
@@ -249,17 +264,20 @@ class RetryingSender:
                 break
         async with self._lock:
             self._ws = None
-        with trio.move_on_after(5):
-            try:
-                while True:  # the acks of what was in flight, until the node closes
-                    frame = json.loads(await ws.get_message())
-                    if frame.get("type") == "ack":
-                        self._unacked.pop(frame["client_msg_id"], None)
-                        self.acked.setdefault(frame["client_msg_id"], frame)
-            except DISCONNECTED:
-                pass
+        nursery.start_soon(self._last_acks, ws)
         await trio.sleep_until(told + random.uniform(0, after_ms / 1000))
         return told
+
+    async def _last_acks(self, ws: WebSocketConnection) -> None:
+        with trio.move_on_after(10):
+            try:
+                while True:
+                    frame = json.loads(await ws.get_message())
+                    if frame.get("type") == "ack":
+                        self._acked(frame)
+            except DISCONNECTED:
+                pass
+        await _close(ws)
 
 
 async def under_load(

@@ -49,7 +49,7 @@ READY_TIMEOUT_S = 60.0
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=12, help="group members, one device each (default 12)")
     p.add_argument("--rate", type=float, default=80.0, help="msg/s offered, all senders together (default 80)")
-    p.add_argument("--senders", type=int, default=4, help="members that also send (default 4)")
+    p.add_argument("--senders", type=int, default=12, help="members that also send, each on a second connection (default 12)")
     p.add_argument("--settle", type=float, default=4.0, help="s of load before, between and after (default 4)")
     p.add_argument("--workers", type=int, default=1, help="accepted like the other workloads\'; this one\'s clients run in the orchestrating process")
 
@@ -124,7 +124,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         b_code = await trio.to_thread.run_sync(b.stop)
     load_cpu_pct = round(100 * (time.process_time() - cpu0) / (time.monotonic() - wall0), 1)
 
-    deliver, before, during, waits, lag = Histogram(), Histogram(), Histogram(), Histogram(), Histogram()
+    deliver, before, during, waits, lag, ack = (Histogram() for _ in range(6))
     for device in devices:
         for due, latency in device.deliveries:
             deliver.add(latency)
@@ -139,6 +139,8 @@ async def orchestrate(ctx: RunContext) -> Outcome:
             waits.add(wait)
         for late in sender.lag_s:
             lag.add(late)
+        for took in sender.ack_s:
+            ack.add(took)
     after_ms = sorted(ms_ for c in [*devices, *senders] for ms_ in c.after_ms)
     acked = {cmid for s in senders for cmid in s.acked}
     lost = sum(len(acked - {e["client_msg_id"] for e in d.events if e.get("kind") == "message"}) for d in devices)
@@ -149,6 +151,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         "send_deliver_before_roll_ms": before.summary_ms((50, 99)),
         "send_deliver_during_roll_ms": during.summary_ms((50, 99)),
         "sender_lag_ms": lag.summary_ms((50, 99)),
+        "send_ack_ms": ack.summary_ms((50, 99)),
         "client_wait_ms": waits.summary_ms((50, 99)),
         "after_ms": {"n": len(after_ms), "max": after_ms[-1] if after_ms else None},
         "drains": {name: {k: v for k, v in d.items() if k != "url"} for name, d in drains.items()},
@@ -173,6 +176,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
          ms(figures["send_deliver_before_roll_ms"], "p50", "p99", "max")),
         ("send->deliver p50 / p99 / max (due during the roll)",
          ms(figures["send_deliver_during_roll_ms"], "p50", "p99", "max")),
+        ("send->ack p50 / p99 / max (whole run)", ms(figures["send_ack_ms"], "p50", "p99", "max")),
         ("senders behind their clock p50 / p99 / max", ms(figures["sender_lag_ms"], "p50", "p99", "max")),
         ("clients waited p50 / p99 / max (n)",
          ms(figures["client_wait_ms"], "p50", "p99", "max") + f" ({figures['client_wait_ms']['n']})"),
