@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ import pytest
 import trio
 
 from chatd.db.migrate import READER_LEVEL, Migration, is_current, load_migrations, migrate, status
-from chatd.testing import admin, listening_url, with_database
+from chatd.testing import admin, with_database
 from tests.conftest import Databases
-from tests.processes import REPO, Serving, cli_env, seed_channel, serving
+from tests.processes import REPO, Serving, seed_channel, serving
 from tests.support import open_db
 from tests.test_cli import chatd, query
 from tests.test_cluster import Device, inbox_of, send_all
@@ -118,29 +117,6 @@ def previous_schema_commit() -> str | None:
     return None
 
 
-async def serve_tree(tree: Path, cwd: Path, db_url: str, name: str) -> tuple[trio.Process, str]:
-    """``python -m chatd serve`` from another source tree (that tree first on the path)."""
-    env = cli_env(db_url, {"CHATD_NODE_NAME": name})
-    env["PYTHONPATH"] = str(tree)
-    cwd.mkdir()
-    stderr = (cwd / "serve.log").open("wb")
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "chatd", "serve"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=stderr, cwd=cwd, env=env,
-    )
-    stderr.close()
-    assert proc.stdout is not None
-    buffer = bytearray()
-    with trio.fail_after(30):
-        while b"\n" not in buffer:
-            chunk = await proc.stdout.receive_some()
-            assert chunk, (cwd / "serve.log").read_text()
-            buffer.extend(chunk)
-    url = listening_url(bytes(buffer.split(b"\n", 1)[0]))
-    assert url is not None, buffer
-    return proc, url
-
-
 async def test_a_node_of_the_previous_schema_and_a_current_one_serve_one_database(
     tmp_path: Path, databases: Databases, db_url: str
 ) -> None:
@@ -160,8 +136,10 @@ async def test_a_node_of_the_previous_schema_and_a_current_one_serve_one_databas
     await trio.to_thread.run_sync(admin, db_url, f'CREATE DATABASE "{name}" TEMPLATE template0')
     databases.created.append(name)
 
-    old_proc, old_url = await serve_tree(tree, tmp_path / "node-old", empty, "node-old")
-    try:
+    old_cwd = tmp_path / "node-old"
+    old_cwd.mkdir()
+    # The previous commit's tree first on the path: `python -m chatd serve` runs its code.
+    async with serving(old_cwd, empty, {"CHATD_NODE_NAME": "node-old", "PYTHONPATH": str(tree)}) as old:
         rows = await query(empty, "SELECT version FROM schema_migrations")
         assert len(rows) == old_known  # the previous release's schema, by the previous release's code:
         columns = await query(empty, "SELECT column_name FROM information_schema.columns "
@@ -173,16 +151,10 @@ async def test_a_node_of_the_previous_schema_and_a_current_one_serve_one_databas
             async with open_db(empty) as db:
                 assert await is_current(db)
             ids, channel, tokens = await seed_channel(empty, ("alice", "bob", "carol"))
-            old = Serving(old_proc, old_url, bytearray(), tmp_path / "node-old" / "serve.log")
             await both_serve(old, new, empty, ids, channel, tokens)
             async with httpx.AsyncClient() as client:
                 assert (await client.get(old.url + "/readyz")).status_code == 200
                 assert (await client.get(new.url + "/readyz")).status_code == 200
-    finally:
-        if old_proc.returncode is None:
-            old_proc.kill()
-        with trio.CancelScope(shield=True):
-            await old_proc.wait()
     verified = await chatd(tmp_path, empty, "verify")
     assert verified.rc == 0, verified
 
