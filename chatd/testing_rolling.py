@@ -69,6 +69,7 @@ async def _connect(nursery: trio.Nursery, nodes: NodeSet, token: str, avoid: str
         except LookupError:
             url = None
         if url is not None:
+            ws: WebSocketConnection | None = None
             try:
                 with trio.fail_after(10):
                     ws = await connect_websocket_url(
@@ -77,9 +78,10 @@ async def _connect(nursery: trio.Nursery, nodes: NodeSet, token: str, avoid: str
                     welcome = json.loads(await ws.get_message())
                 if welcome.get("type") == "welcome":
                     return ws, url
-                await ws.aclose()
             except (*DISCONNECTED, trio.TooSlowError):
                 pass
+            if ws is not None:
+                nursery.start_soon(_close, ws)  # no welcome in time: give the attempt up, not leave it open
         await trio.sleep(random.uniform(0.5, 1.0) * backoff)
         backoff = min(BACKOFF_MAX_S, backoff * 2)
         avoid = None
