@@ -104,6 +104,8 @@ class Hub:
         self._signals: dict[int, InboxSignal] = {}
         self._sessions: dict[int, set[Drainable]] = {}
         self.draining = trio.Event()
+        #: The ``after_ms`` of this node's drain (for connections accepted as it began).
+        self.drain_after_ms = 0
 
     def subscribe(self, user_id: int) -> InboxSignal:
         """The user's signal, kept while anyone on this node holds a subscription.
@@ -214,8 +216,12 @@ class Hub:
         for session in list(self._sessions.get(user_id, ())):
             session.revoke()
 
+    def connection_count(self) -> int:
+        return sum(len(sessions) for sessions in self._sessions.values())
+
     def drain(self, spread_ms: int) -> None:
         """Tell every connection to go elsewhere, spread over ``spread_ms``, and wake long-polls."""
+        self.drain_after_ms = spread_ms
         self.draining.set()
         for session in self._all_sessions():
             session.drain(spread_ms)

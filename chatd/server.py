@@ -6,7 +6,8 @@ dispatcher (the Quart app, plus the ASGI WebSocket handler for upgrades on
 keep-alive connections).
 
 Stopping (:meth:`Server.stop`, on SIGTERM/SIGINT): stop accepting, tell every
-client ``reconnect`` (spread over the heartbeat), let in-flight sends commit
+client ``reconnect`` (spread by chatd.drain over the time the other nodes need
+to take its connections), let in-flight sends commit
 and their acks go out, then close; hypercorn cancels what is still open after
 ``server.drain_timeout_s``. Then the LISTEN task and the pool close.
 """
@@ -25,6 +26,7 @@ from chatd.config import Config
 from chatd.db.bridge import Database
 from chatd.db.migrate import is_current, migrate
 from chatd.db.stores import Stores
+from chatd.drain import reconnect_spread_ms
 from chatd.errors import Unavailable
 from chatd.hub import Hub
 from chatd.services.admin import AdminService
@@ -179,7 +181,9 @@ class Server:
                 task_status.started(url)
                 await self._stop.wait()
                 # hypercorn stops accepting as soon as _stop is set (its shutdown trigger).
-                services.hub.drain(spread_ms=int(cfg.server.heartbeat_s * 1000))
+                services.hub.drain(
+                    spread_ms=reconnect_spread_ms(services.hub.connection_count(), cfg.server.drain_spread_max_s)
+                )
                 await self._http_done.wait()
                 nursery.cancel_scope.cancel()
         finally:

@@ -33,9 +33,10 @@ SMOKE_FLAGS: dict[str, list[str]] = {
     # the healthz p99 bound is lifted to 10 s: a smoke test never asserts on speed.
     "soak": ["--seconds", "14", "--rate", "20", "--users", "4", "--idle", "10", "--slowloris", "8",
              "--heartbeat", "2", "--healthz-every", "0.2", "--healthz-p99-ms", "10000"],
+    "rolling": ["--devices", "4", "--senders", "2", "--rate", "20", "--settle", "1"],
 }
 #: Longer than RUN_TIMEOUT_S for workloads whose window is long by design.
-RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120}
+RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120, "rolling": 120}
 
 #: Figures each workload's JSON must carry (beside the ceiling and the server's).
 FIGURES: dict[str, list[str]] = {
@@ -45,6 +46,7 @@ FIGURES: dict[str, list[str]] = {
     "idle": ["connections", "rss_per_connection_kib", "idle_server_cpu_pct"],
     "storm": ["all_caught_up_s", "catch_up_ms", "events_delivered"],
     "soak": ["achieved_msg_per_s", "send_deliver_ms", "healthz_ms", "healthz_probes", "slowloris"],
+    "rolling": ["send_deliver_ms", "send_deliver_during_roll_ms", "client_wait_ms", "drains"],
 }
 CEILING = ["single_insert_tx_per_s_1conn", "single_insert_tx_per_s_8conn",
            "batched_insert_rows_per_s_1conn", "batched_insert_rows_per_s_8conn"]

@@ -146,4 +146,7 @@ schema_migrations = Table(
     Column("name", Text, nullable=False),
     Column("checksum", Text, nullable=False),
     Column("applied_at", TIMESTAMPTZ, nullable=False),
+    # Added by chatd.db.migrate itself (not a migration file): see its docstring.
+    Column("release", Text, nullable=True),
+    Column("min_reader", Integer, nullable=False),
 )

@@ -190,7 +190,7 @@ class Session:
                     if self._close_code is not None:  # revoked while we said welcome
                         nursery.cancel_scope.cancel()
                     if self.hub.draining.is_set():  # accepted just as the node began to drain
-                        self.drain(int(self.settings.heartbeat_s * 1000))
+                        self.drain(self.hub.drain_after_ms)
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._writer)
             except* TransportClosed:
