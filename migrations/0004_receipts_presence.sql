@@ -1,3 +1,4 @@
+-- release: 0.2
 -- Receipts (PROTOCOL §5) and the presence groundwork (§6).
 --
 -- Receipts: members.delivered_seq and members.read_seq (0001) are the
