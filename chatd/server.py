@@ -32,13 +32,16 @@ from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
 from chatd.services.inbox import InboxService
+from chatd.services.media import MediaService
 from chatd.services.messaging import MessageService
+from chatd.services.push import PushService, PushWorker
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.users import UserService
 from chatd.services.writer import SendWriter
 from chatd.web import listener
 from chatd.web.http_api import build_http_app, json_errors
 from chatd.web.http_conn import Timeouts
+from chatd.web.http_media import MediaHttp, is_media_path
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_wsproto import WsprotoEndpoint
 from chatd.ws.session import Session, SessionSettings
@@ -67,6 +70,9 @@ class Services:
     live: LiveFanout
     #: Control frames (sync, ping, typing, presence_subscribe) per user on this node.
     control: RateLimiter
+    media: MediaService
+    push: PushService
+    push_worker: PushWorker
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
@@ -74,6 +80,17 @@ class Services:
         hub = Hub()
         limiter = RateLimiter(config.limits.send_rate_per_s, config.limits.send_burst)
         live = LiveFanout(stores.channels, stores.messages, hub)
+        media = MediaService(stores.media, max_bytes=config.limits.media_max_bytes)
+        push = PushService(stores.push)
+        push_worker = PushWorker(
+            stores.push,
+            push,
+            config.node_name,
+            max_age_s=config.push.max_age_s,
+            allow_private_targets=config.push.allow_private_targets,
+            include_preview=config.push.include_preview,
+        )
+        stores.messages.on_push_queued = push_worker.wake
         writer = SendWriter(
             stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
         )
@@ -100,12 +117,16 @@ class Services:
                 limiter,
                 writer,
                 max_text_chars=config.limits.max_text_chars,
+                media=media,
             ),
             inbox=InboxService(stores.inbox, hub),
             writer=writer,
             registry=NodeRegistry(stores.nodes, hub, config.node_name),
             live=live,
             control=RateLimiter(CONTROL_RATE_PER_USER_S, CONTROL_BURST_PER_USER),
+            media=media,
+            push=push,
+            push_worker=push_worker,
         )
 
 
@@ -140,6 +161,8 @@ class Server:
                 await nursery.start(self._listen_forever, db, services.hub, services.live)
                 await nursery.start(services.writer.run)
                 await nursery.start(services.live.run)
+                await services.push.vapid_keys()  # made by the first node that starts, then shared
+                await nursery.start(services.push_worker.run)
                 url = await nursery.start(self._serve_http, app)
                 await nursery.start(services.registry.run, url)
                 log.info("node %s listening on %s", cfg.node_name, url)
@@ -165,6 +188,10 @@ class Server:
             max_group_members=cfg.limits.max_group_members,
             origins=origins,
             body_timeout_s=cfg.server.body_timeout_s,
+            push=services.push,
+        )
+        media_http = MediaHttp(
+            services.auth.authenticate, services.media, origins=origins, body_timeout_s=cfg.server.body_timeout_s
         )
         guarded_http = json_errors(http_app)  # type: ignore[arg-type]
         settings = SessionSettings(
@@ -197,6 +224,9 @@ class Server:
                 # WebSocket implementation with other limits.
                 await receive()
                 await send({"type": "websocket.close", "code": 1008})
+                return
+            if is_media_path(scope.get("path", "")):
+                await media_http(scope, receive, send)
                 return
             await guarded_http(scope, receive, send)
 

@@ -13,8 +13,10 @@ import attrs
 from chatd.db.bridge import Database
 from chatd.db.channels import ChannelStore
 from chatd.db.inbox import InboxStore
+from chatd.db.media import MediaStore
 from chatd.db.messages import MessageStore
 from chatd.db.nodes import NodeStore
+from chatd.db.push import PushStore
 from chatd.db.users import UserStore
 from chatd.db.verify import Checks
 
@@ -28,6 +30,8 @@ class Stores:
     inbox: InboxStore
     nodes: NodeStore
     checks: Checks
+    media: MediaStore
+    push: PushStore
 
     @classmethod
     def over(cls, db: Database) -> Stores:
@@ -39,4 +43,6 @@ class Stores:
             inbox=InboxStore(db),
             nodes=NodeStore(db),
             checks=Checks(db),
+            media=MediaStore(db),
+            push=PushStore(db),
         )
