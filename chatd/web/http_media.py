@@ -56,6 +56,32 @@ class BodyTimeout(Exception):
     """The upload did not arrive within ``server.body_timeout_s``."""
 
 
+class _Body:
+    """The request's ``receive``, remembering whether the body ended.
+
+    hypercorn (0.18) hands body pieces to an app through a bounded queue and
+    puts ``http.disconnect`` in the same queue when the answer ends; an app
+    that answers without reading the whole body (a 413 mid-upload) would
+    leave both the connection's reader and its own last ``send`` waiting on a
+    full queue forever. So such an answer runs with :meth:`drain` beside it,
+    which drops what still arrives until that ``http.disconnect``.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.ended = False
+
+    async def receive(self) -> dict[str, Any]:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            self.ended = True
+        return message
+
+    async def drain(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+
 def is_media_path(path: str) -> bool:
     return path == PREFIX or path.startswith(PREFIX + "/")
 
@@ -85,22 +111,27 @@ class MediaHttp:
         headers = _headers(scope)
         cors = self._cors(headers)
         method, path = scope["method"], scope["path"]
-        try:
-            if method == "OPTIONS" and "access-control-request-method" in headers and "origin" in headers:
-                await self._preflight(send, cors)
-            elif path == PREFIX and method == "POST":
-                await self._upload(scope, headers, receive, send, cors)
-            elif path != PREFIX and method in ("GET", "HEAD"):
-                await self._download(scope, headers, send, cors)
-            else:
-                await _error(send, 405, "bad_request", "method not allowed", cors, close=False)
-        except ChatdError as exc:
-            # An upload refused before its body was read: the connection cannot be reused.
-            await _error(send, exc.status, exc.code, exc.message, cors, close=method == "POST")
-        except BodyTimeout:
-            await _error(send, 408, "bad_request", "the request body did not arrive in time", cors, close=True)
-        except ClientGone:
-            return
+        body = _Body(receive)
+        async with trio.open_nursery() as nursery:
+            try:
+                if method == "OPTIONS" and "access-control-request-method" in headers and "origin" in headers:
+                    await self._preflight(send, cors)
+                elif path == PREFIX and method == "POST":
+                    await self._upload(scope, headers, body, send, cors)
+                elif path != PREFIX and method in ("GET", "HEAD"):
+                    await self._download(scope, headers, send, cors)
+                else:
+                    nursery.start_soon(body.drain)
+                    await _error(send, 405, "bad_request", "method not allowed", cors, close=True)
+            except ChatdError as exc:
+                # Refused before the whole body was read: the connection cannot be reused.
+                nursery.start_soon(body.drain)
+                await _error(send, exc.status, exc.code, exc.message, cors, close=not body.ended)
+            except BodyTimeout:
+                nursery.start_soon(body.drain)
+                await _error(send, 408, "bad_request", "the request body did not arrive in time", cors, close=True)
+            except ClientGone:
+                return
 
     # --- CORS --------------------------------------------------------------------
 
@@ -131,7 +162,7 @@ class MediaHttp:
         return await self.authenticate(token.strip())
 
     async def _upload(
-        self, scope: Scope, headers: dict[str, str], receive: Receive, send: Send, cors: list[tuple[bytes, bytes]]
+        self, scope: Scope, headers: dict[str, str], request: _Body, send: Send, cors: list[tuple[bytes, bytes]]
     ) -> None:
         principal = await self._principal(headers)
         declared = headers.get("content-length")
@@ -146,7 +177,7 @@ class MediaHttp:
         async def body() -> AsyncIterator[bytes]:
             while True:
                 with trio.move_on_at(deadline) as waited:
-                    message = await receive()
+                    message = await request.receive()
                 if waited.cancelled_caught:
                     raise BodyTimeout()
                 if message["type"] == "http.disconnect":
