@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -103,7 +104,7 @@ class Receiver:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Receiver]:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(trio.serve_tcp, self._serve, 0, host="127.0.0.1")
+            listeners = await nursery.start(partial(trio.serve_tcp, self._serve, 0, host="127.0.0.1"))
             self.port = listeners[0].socket.getsockname()[1]
             try:
                 yield self
