@@ -33,6 +33,8 @@ SMOKE_FLAGS: dict[str, list[str]] = {
     # the healthz p99 bound is lifted to 10 s: a smoke test never asserts on speed.
     "soak": ["--seconds", "14", "--rate", "20", "--users", "4", "--idle", "10", "--slowloris", "8",
              "--heartbeat", "2", "--healthz-every", "0.2", "--healthz-p99-ms", "10000"],
+    "push": ["--recipients", "8", "--concurrency", "4"],
+    "media": ["--mb", "0.6", "--rounds", "2"],
 }
 #: Longer than RUN_TIMEOUT_S for workloads whose window is long by design.
 RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120}
@@ -45,6 +47,8 @@ FIGURES: dict[str, list[str]] = {
     "idle": ["connections", "rss_per_connection_kib", "idle_server_cpu_pct"],
     "storm": ["all_caught_up_s", "catch_up_ms", "events_delivered"],
     "soak": ["achieved_msg_per_s", "send_deliver_ms", "healthz_ms", "healthz_probes", "slowloris"],
+    "push": ["pushes_per_s", "sends_per_s", "enqueue_delivered_ms"],
+    "media": ["upload_mb_per_s", "download_mb_per_s", "cp_mb_per_s"],
 }
 CEILING = ["single_insert_tx_per_s_1conn", "single_insert_tx_per_s_8conn",
            "batched_insert_rows_per_s_1conn", "batched_insert_rows_per_s_8conn"]

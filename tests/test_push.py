@@ -17,7 +17,7 @@ from chatd.db.bridge import Connection, open_bridge
 from chatd.server import Server
 from chatd.services import push as push_service
 from chatd.services.push_targets import is_public
-from tests.receivers import Receiver, WebPushReceiver
+from benchmarks.receivers import Receiver, WebPushReceiver
 from tests.support import ChatUser, RunningServer, http, make_config, running_server, ws_client
 
 PRIVATE_OK = {"push": {"allow_private_targets": True}}

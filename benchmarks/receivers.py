@@ -1,4 +1,4 @@
-"""Real local HTTP receivers for push tests and benchmarks: a webhook sink, and a Web Push
+"""Real local HTTP receivers (used by tests/test_push.py and the push benchmark): a webhook sink, and a Web Push
 service that decrypts each message with the subscription's private key and checks the VAPID JWT."""
 
 from __future__ import annotations
