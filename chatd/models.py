@@ -269,18 +269,8 @@ class StoredMedia:
         return MediaRef(self.media_id, self.content_type, self.size, self.filename, self.width, self.height)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "media_id": self.media_id,
-            "size": self.size,
-            "sha256": self.sha256.hex(),
-            "content_type": self.content_type,
-        }
-        if self.filename is not None:
-            out["filename"] = self.filename
-        if self.width is not None and self.height is not None:
-            out["width"] = self.width
-            out["height"] = self.height
-        return out
+        """What ``POST /v1/media`` answers: the message object's media entry and the ``sha256``."""
+        return {**self.ref().to_json(), "sha256": self.sha256.hex()}
 
 
 @attrs.frozen

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import httpx
 import pytest
 import trio
@@ -19,8 +18,7 @@ import trio
 from chatd import media_probe
 from chatd.db.bridge import Connection
 from chatd.db.media import CHUNK_BYTES
-from chatd.server import Server
-from tests.support import RunningServer, http, make_config, open_db, running_server, ws_client
+from tests.support import RunningServer, http, running_server, ws_client
 
 
 
@@ -36,15 +34,8 @@ def png(width: int, height: int) -> bytes:
 
 @asynccontextmanager
 async def two_nodes(db_url: str, overrides: Any = None) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
-    async with running_server(db_url, overrides) as a:
-        config = attrs.evolve(make_config(db_url, overrides), node_name="test-node-b")
-        server = Server(config, db_url)
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(server.run)
-            try:
-                yield a, RunningServer(url, server)
-            finally:
-                server.stop()
+    async with running_server(db_url, overrides) as a, running_server(db_url, overrides, node_name="node-b") as b:
+        yield a, b
 
 
 async def upload(srv: RunningServer, token: str, data: bytes, content_type: str, **params: str) -> httpx.Response:

@@ -5,34 +5,24 @@ with a pending push, no push while online on another node, private targets refus
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
-from chatd.db.bridge import Connection, open_bridge
-from chatd.server import Server
+from chatd.db.bridge import Connection
 from chatd.services import push as push_service
 from chatd.services.push_targets import is_public
 from benchmarks.receivers import Receiver, WebPushReceiver
-from tests.support import ChatUser, RunningServer, http, make_config, running_server, ws_client
+from tests.support import ChatUser, RunningServer, http, running_server, ws_client
 
 PRIVATE_OK = {"push": {"allow_private_targets": True}}
 PAYLOAD_KEYS = {"user_id", "channel_id", "seq", "sender_id", "sender_name", "channel_name", "mention", "preview"}
 
 
-@asynccontextmanager
-async def node(db_url: str, name: str, overrides: Any = PRIVATE_OK) -> AsyncIterator[RunningServer]:
-    server = Server(attrs.evolve(make_config(db_url, overrides), node_name=name), db_url)
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(server.run)
-        try:
-            yield RunningServer(url, server)
-        finally:
-            server.stop()
+def node(db_url: str, name: str, overrides: Any = PRIVATE_OK) -> AbstractAsyncContextManager[RunningServer]:
+    return running_server(db_url, overrides, node_name=name)
 
 
 async def subscribe(srv: RunningServer, user: ChatUser, body: dict[str, Any]) -> int:
@@ -157,7 +147,7 @@ async def test_a_pending_push_survives_a_restart(db_url: str) -> None:
 
 
 async def test_no_push_while_the_user_is_online_on_another_node(db_url: str) -> None:
-    async with open_bridge(), Receiver().running() as hook, node(db_url, "node-a") as a, node(db_url, "node-b") as b:
+    async with Receiver().running() as hook, node(db_url, "node-a") as a, node(db_url, "node-b") as b:
         alice, bob = await a.user("alice"), await a.user("bob")
         await subscribe(a, bob, {"kind": "webhook", "url": hook.url})
         async with ws_client(b, bob.token):
