@@ -161,12 +161,12 @@ class Server:
                 await nursery.start(self._listen_forever, db, services.hub, services.live)
                 await nursery.start(services.writer.run)
                 await nursery.start(services.live.run)
-                await services.push.vapid_keys()  # made by the first node that starts, then shared
-                await nursery.start(services.push_worker.run)
                 url = await nursery.start(self._serve_http, app)
                 await nursery.start(services.registry.run, url)
                 log.info("node %s listening on %s", cfg.node_name, url)
                 task_status.started(url)
+                # After the announcement: its imports cost start-up time (chatd.services.push).
+                nursery.start_soon(services.push_worker.run)
                 await self._stop.wait()
                 # hypercorn stops accepting as soon as _stop is set (its shutdown trigger).
                 services.hub.drain(spread_ms=int(cfg.server.heartbeat_s * 1000))

@@ -65,8 +65,6 @@ FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS t (id, delay, error)
 WHERE o.id = t.id
 """
 _REMOVE_SUBSCRIPTIONS = "DELETE FROM push_subscriptions WHERE id = ANY($1::bigint[])"
-_QUEUE = "SELECT count(*) AS depth, extract(epoch FROM now() - min(created_at)) AS oldest FROM push_outbox"
-_NEXT_DUE = "SELECT extract(epoch FROM min(due_at) - now()) FROM push_outbox"
 _PUT_VAPID = "INSERT INTO push_vapid (id, private_pem, public_key) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING"
 _VAPID = "SELECT private_pem, public_key FROM push_vapid WHERE id = 1"
 
@@ -86,12 +84,6 @@ class Retry:
     push_id: int
     delay_s: float
     error: str
-
-
-@attrs.frozen
-class Queue:
-    depth: int
-    oldest_s: float
 
 
 async def enqueue(conn: Connection, recipients: Sequence[Recipient]) -> int:
@@ -183,22 +175,6 @@ class PushStore:
                 await conn.execute(_REMOVE_SUBSCRIPTIONS, list(gone))
 
         await self.db.transaction(unit)
-
-    async def queue(self) -> Queue:
-        async def unit(conn: Connection) -> Any:
-            return await conn.fetchrow(_QUEUE)
-
-        r = await self.db.read(unit)
-        return Queue(int(r["depth"]), float(r["oldest"] or 0.0))
-
-    async def next_due_s(self) -> float | None:
-        """Seconds until the earliest push is due (negative: overdue); None when the outbox is empty."""
-
-        async def unit(conn: Connection) -> Any:
-            return await conn.fetchval(_NEXT_DUE)
-
-        found = await self.db.read(unit)
-        return None if found is None else float(found)
 
     async def vapid(self, make: Callable[[], tuple[str, str]]) -> tuple[str, str]:
         """The cluster's VAPID key pair (private PEM, public key): the stored one, or

@@ -126,7 +126,7 @@ class MediaHttp:
             except ChatdError as exc:
                 # Refused before the whole body was read: the connection cannot be reused.
                 nursery.start_soon(body.drain)
-                await _error(send, exc.status, exc.code, exc.message, cors, close=not body.ended)
+                await _error(send, exc.status, exc.code, exc.message, cors, close=method == "POST" and not body.ended)
             except BodyTimeout:
                 nursery.start_soon(body.drain)
                 await _error(send, 408, "bad_request", "the request body did not arrive in time", cors, close=True)
