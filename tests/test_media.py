@@ -288,3 +288,18 @@ def test_filenames_and_types_are_cleaned() -> None:
     assert media_probe.content_type("Image/PNG; charset=x") == "image/png"
     assert media_probe.content_type("text/html\r\nX-Evil: 1") == "application/octet-stream"
     assert not media_probe.is_inline("image/svg+xml") and media_probe.is_inline("application/pdf")
+
+
+async def test_verify_names_a_stored_file_missing_a_chunk(db_url: str, databases: Any) -> None:
+    databases.mark_broken(db_url)  # broken on purpose: the session's final verify skips it
+    async with running_server(db_url) as srv:
+        alice = await srv.user("alice")
+        assert (await upload(srv, alice.token, os.urandom(CHUNK_BYTES + 5), "image/png")).status_code == 201
+        assert await srv.stores.checks.verify() == []
+
+        async def lose_a_chunk(conn: Connection) -> None:
+            await conn.execute("DELETE FROM media_blob_chunks WHERE idx = 1")
+
+        await srv.stores.db.transaction(lose_a_chunk)
+        problems = await srv.stores.checks.verify()
+        assert len(problems) == 1 and problems[0].startswith("stored file whose chunks do not add up to its size")
