@@ -231,8 +231,19 @@ class MediaHttp:
         if scope["method"] == "HEAD" or length == 0:
             await send({"type": "http.response.body", "body": b""})
             return
-        async for data in self.media.read(media, first, last):
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+        # The next chunk is read from the database while this one goes out (at most two ahead).
+        out, into = trio.open_memory_channel[bytes](2)
+
+        async def read_ahead() -> None:
+            async with out:
+                async for data in self.media.read(media, first, last):
+                    await out.send(data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_ahead)
+            async with into:
+                async for data in into:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
 
