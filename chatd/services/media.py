@@ -55,27 +55,33 @@ class MediaService:
             return sha, data
 
         finished = False
+        failure: Exception | None = None
         try:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(store_chunks)
                     async with send:
                         pending = bytearray()
-                        async for piece in body:
-                            total += len(piece)
-                            if total > self.max_bytes:
-                                raise TooLarge(f"media: at most {self.max_bytes} bytes")
-                            whole.update(piece)
-                            if len(head) < media_probe.PROBE_BYTES:
-                                head += piece[: media_probe.PROBE_BYTES - len(head)]
-                            pending += piece
-                            while len(pending) >= CHUNK_BYTES:
-                                await send.send(cut(bytes(pending[:CHUNK_BYTES])))
-                                del pending[:CHUNK_BYTES]
-                        if pending or not chunks:
-                            await send.send(cut(bytes(pending)))
-            except ExceptionGroup as group:  # the body's or the store's failure, alone
+                        try:
+                            async for piece in body:
+                                total += len(piece)
+                                if total > self.max_bytes:
+                                    raise TooLarge(f"media: at most {self.max_bytes} bytes")
+                                whole.update(piece)
+                                if len(head) < media_probe.PROBE_BYTES:
+                                    head += piece[: media_probe.PROBE_BYTES - len(head)]
+                                pending += piece
+                                while len(pending) >= CHUNK_BYTES:
+                                    await send.send(cut(bytes(pending[:CHUNK_BYTES])))
+                                    del pending[:CHUNK_BYTES]
+                            if pending or not chunks:
+                                await send.send(cut(bytes(pending)))
+                        except Exception as exc:  # too large, cut off: let the chunk being written finish
+                            failure = exc  # (and be listed in `written`, so it is removed below)
+            except ExceptionGroup as group:  # the store's failure, alone
                 raise _first(group) from None
+            if failure is not None:
+                raise failure
             kind = media_probe.content_type(content_type)
             size = media_probe.image_size(bytes(head)) if kind.startswith("image/") else None
             stored = await self.store.finish(
