@@ -77,6 +77,31 @@ def run(dsn: str, users: int, prefix: str, timeout_s: float = 300.0) -> list[Cre
     return out
 
 
+_INSERT_WEBHOOKS = """
+INSERT INTO push_subscriptions (user_id, device_id, kind, url)
+SELECT d.user_id, d.id, 'webhook', $2 FROM devices d WHERE d.user_id = ANY($1::bigint[])
+"""
+
+
+async def _webhooks(dsn: str, user_ids: list[int], url: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(_INSERT_WEBHOOKS, user_ids, url)
+    finally:
+        await conn.close()
+
+
+def webhooks(dsn: str, user_ids: list[int], url: str) -> None:
+    """One webhook push subscription (``url``) per device of each user, in one statement.
+
+    What ``POST /v1/push/subscriptions`` stores, without N requests of setup:
+    on a busy 2-core machine ten thousand of them took many minutes, and a
+    subscription's row has no invariant beyond its foreign keys. Runs in the
+    calling thread (a setup step, before anything is measured).
+    """
+    asyncio.run(_webhooks(dsn, user_ids, url))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", required=True)

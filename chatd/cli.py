@@ -33,6 +33,7 @@ from chatd.hub import Hub
 from chatd.models import format_time
 from chatd.server import Server
 from chatd.services.admin import AdminService
+from chatd.services.media import MediaService
 from chatd.services.auth import AuthService, hash_password_sync
 from chatd.services.channels import ChannelService
 from chatd.services.ratelimit import RateLimiter
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("stats", help="users, channels, messages, connections")
     commands.add_parser("verify", help="check the stored invariants")
+    media = commands.add_parser("media", help="manage uploaded media").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    media.add_parser("gc", help="remove uploads never posted and older than media.orphan_grace_s")
     return parser
 
 
@@ -298,6 +302,17 @@ def cmd_verify(config: Config, _args: argparse.Namespace) -> None:
     print("ok: seq, inbox_seq, references and watermarks are consistent")
 
 
+def cmd_media(config: Config, _args: argparse.Namespace) -> None:
+    async def body(db: Database) -> None:
+        stores = Stores.over(db)
+        freed = await MediaService(stores.media, max_bytes=config.limits.media_max_bytes).collect(
+            config.media.orphan_grace_s)
+        print(f"removed {freed.uploads} unposted uploads, {freed.files} files, {freed.chunks} chunks "
+              f"({freed.bytes} bytes)")
+
+    run_with_db(config, body)
+
+
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], None]] = {
     "serve": cmd_serve,
     "migrate": cmd_migrate,
@@ -306,6 +321,7 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], None]] = {
     "channel": cmd_channel,
     "stats": cmd_stats,
     "verify": cmd_verify,
+    "media": cmd_media,
 }
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "FanoutConfig",
     "Key",
     "LimitsConfig",
+    "MediaConfig",
     "PresenceConfig",
     "PushConfig",
     "ReceiptsConfig",
@@ -289,10 +290,27 @@ class PresenceConfig:
 
 @attrs.frozen(kw_only=True)
 class PushConfig:
-    """``[push]``: whether push notifications carry a message preview."""
+    """``[push]``: what pushes carry, how long they are retried, where they may go."""
 
     include_preview: bool = _key(
         True, "Whether push deliveries include a preview (first 100 chars); false sends null."
+    )
+    max_age_s: int = _key(
+        86400, "Seconds a push is retried (exponential backoff with jitter) before it is dropped.", _positive
+    )
+    allow_private_targets: bool = _key(
+        False,
+        "Allow push targets on loopback, private, link-local and metadata addresses (checked on the\n"
+        "resolved address at every delivery); otherwise refused, so users cannot probe the internal network.",
+    )
+
+
+@attrs.frozen(kw_only=True)
+class MediaConfig:
+    """``[media]``: uploads (their size limit is ``limits.media_max_bytes``)."""
+
+    orphan_grace_s: int = _key(
+        86400, "Seconds an upload never posted in a message is kept before `chatd media gc` removes it.", _positive
     )
 
 
@@ -339,6 +357,7 @@ class Config:
     receipts: ReceiptsConfig
     presence: PresenceConfig
     push: PushConfig
+    media: MediaConfig
     security: SecurityConfig
 
     @classmethod

@@ -103,6 +103,27 @@ class ChannelSummary:
 
 
 @attrs.frozen
+class MediaRef:
+    """An upload as a message object lists it (PROTOCOL §2): ``width``/``height`` for images."""
+
+    media_id: int
+    content_type: str
+    size: int
+    filename: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"media_id": self.media_id, "content_type": self.content_type, "size": self.size}
+        if self.filename is not None:
+            out["filename"] = self.filename
+        if self.width is not None and self.height is not None:
+            out["width"] = self.width
+            out["height"] = self.height
+        return out
+
+
+@attrs.frozen
 class Message:
     channel_id: int
     seq: int
@@ -110,6 +131,7 @@ class Message:
     client_msg_id: str
     text: str
     created_at: datetime
+    media: tuple[MediaRef, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,7 +140,7 @@ class Message:
             "sender_id": self.sender_id,
             "client_msg_id": self.client_msg_id,
             "text": self.text,
-            "media": [],
+            "media": [m.to_json() for m in self.media],
             "created_at": format_time(self.created_at),
         }
 
@@ -160,6 +182,8 @@ class SendRequest:
     channel_id: int
     client_msg_id: str
     text: str
+    #: The uploads it carries, already checked to be the sender's (in the send's order).
+    media: tuple[MediaRef, ...] = ()
 
 
 @attrs.frozen
@@ -299,3 +323,58 @@ class PresenceState:
             "status": "online" if self.online else "offline",
             "last_seen": format_time(self.last_seen),
         }
+
+
+@attrs.frozen
+class StoredMedia:
+    """An upload as stored: what ``POST /v1/media`` answers and a download serves."""
+
+    media_id: int
+    uploader_id: int
+    sha256: bytes
+    size: int
+    content_type: str
+    filename: str | None
+    width: int | None
+    height: int | None
+    created_at: datetime
+
+    def ref(self) -> MediaRef:
+        return MediaRef(self.media_id, self.content_type, self.size, self.filename, self.width, self.height)
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``POST /v1/media`` answers: the message object's media entry and the ``sha256``."""
+        return {**self.ref().to_json(), "sha256": self.sha256.hex()}
+
+
+@attrs.frozen
+class PushSubscription:
+    """A device's push target (PROTOCOL §7)."""
+
+    subscription_id: int
+    user_id: int
+    device_id: int
+    kind: str
+    url: str
+    p256dh: str | None = None
+    auth: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"subscription_id": self.subscription_id, "kind": self.kind}
+        if self.kind == "webpush":
+            out["endpoint"] = self.url
+            out["keys"] = {"p256dh": self.p256dh, "auth": self.auth}
+        else:
+            out["url"] = self.url
+        return out
+
+
+@attrs.frozen
+class PushJob:
+    """One claimed outbox row with what its delivery needs."""
+
+    push_id: int
+    subscription: PushSubscription
+    attempts: int
+    created_at: datetime
+    payload: dict[str, Any] = attrs.field(eq=True)

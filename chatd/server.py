@@ -39,13 +39,16 @@ from chatd.services.livebus import LiveBus, LiveDelivery
 from chatd.services.presence import PresenceService
 from chatd.services.receipts import ReceiptService, ReceiptWriter
 from chatd.services.typing import TypingService
+from chatd.services.media import MediaService
 from chatd.services.messaging import MessageService
+from chatd.services.push import PushService, PushWorker
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.users import UserService
 from chatd.services.writer import SendWriter
 from chatd.web import listener
 from chatd.web.http_api import build_http_app, json_errors
 from chatd.web.http_conn import Timeouts
+from chatd.web.http_media import MediaHttp, is_media_path
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_wsproto import WsprotoEndpoint
 from chatd.ws.live import LiveServices
@@ -86,6 +89,9 @@ class Services:
     @property
     def live_services(self) -> LiveServices:
         return LiveServices(self.receipt_writer, self.typing, self.presence)
+    media: MediaService
+    push: PushService
+    push_worker: PushWorker
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
@@ -93,6 +99,17 @@ class Services:
         hub = Hub()
         limiter = RateLimiter(config.limits.send_rate_per_s, config.limits.send_burst)
         live = LiveFanout(stores.channels, stores.messages, hub)
+        media = MediaService(stores.media, max_bytes=config.limits.media_max_bytes)
+        push = PushService(stores.push)
+        push_worker = PushWorker(
+            stores.push,
+            push,
+            config.node_name,
+            max_age_s=config.push.max_age_s,
+            allow_private_targets=config.push.allow_private_targets,
+            include_preview=config.push.include_preview,
+        )
+        stores.messages.on_push_queued = push_worker.wake
         writer = SendWriter(
             stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
         )
@@ -125,6 +142,7 @@ class Services:
                 limiter,
                 writer,
                 max_text_chars=config.limits.max_text_chars,
+                media=media,
             ),
             inbox=InboxService(stores.inbox, hub),
             writer=writer,
@@ -137,6 +155,9 @@ class Services:
             receipts=ReceiptService(stores.receipts, receipt_writer),
             presence=presence,
             typing=TypingService(stores.receipts, bus),
+            media=media,
+            push=push,
+            push_worker=push_worker,
         )
 
 
@@ -179,6 +200,8 @@ class Server:
                 await nursery.start(services.registry.run, url)
                 log.info("node %s listening on %s", cfg.node_name, url)
                 task_status.started(url)
+                # After the announcement: its imports cost start-up time (chatd.services.push).
+                nursery.start_soon(services.push_worker.run)
                 await self._stop.wait()
                 # hypercorn stops accepting as soon as _stop is set (its shutdown trigger).
                 services.hub.drain(
@@ -204,6 +227,10 @@ class Server:
             max_group_members=cfg.limits.max_group_members,
             origins=origins,
             body_timeout_s=cfg.server.body_timeout_s,
+            push=services.push,
+        )
+        media_http = MediaHttp(
+            services.auth.authenticate, services.media, origins=origins, body_timeout_s=cfg.server.body_timeout_s
         )
         guarded_http = json_errors(http_app)  # type: ignore[arg-type]
         settings = SessionSettings(
@@ -239,6 +266,9 @@ class Server:
                 # WebSocket implementation with other limits.
                 await receive()
                 await send({"type": "websocket.close", "code": 1008})
+                return
+            if is_media_path(scope.get("path", "")):
+                await media_http(scope, receive, send)
                 return
             await guarded_http(scope, receive, send)
 

@@ -97,10 +97,14 @@ async def admin_group(stores: Stores, creator: int, name: str, members: list[int
 
 @asynccontextmanager
 async def running_server(
-    db_url: str, overrides: Mapping[str, Mapping[str, object]] | None = None
+    db_url: str, overrides: Mapping[str, Mapping[str, object]] | None = None, *, node_name: str | None = None
 ) -> AsyncIterator[RunningServer]:
+    """An in-process node; ``node_name`` gives a second one on the same database a name of its own."""
+    config = make_config(db_url, overrides)
+    if node_name is not None:
+        config = attrs.evolve(config, node_name=node_name)
     async with open_bridge():
-        server = Server(make_config(db_url, overrides), db_url)
+        server = Server(config, db_url)
         async with trio.open_nursery() as nursery:
             url = await nursery.start(server.run)
             try:

@@ -34,6 +34,8 @@ SMOKE_FLAGS: dict[str, list[str]] = {
     "soak": ["--seconds", "14", "--rate", "20", "--users", "4", "--idle", "10", "--slowloris", "8",
              "--heartbeat", "2", "--healthz-every", "0.2", "--healthz-p99-ms", "10000"],
     "rolling": ["--devices", "4", "--senders", "2", "--rate", "20", "--settle", "1"],
+    "push": ["--recipients", "8", "--concurrency", "4"],
+    "media": ["--mb", "0.6", "--rounds", "2"],
 }
 #: Longer than RUN_TIMEOUT_S for workloads whose window is long by design.
 RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120, "rolling": 120}
@@ -47,6 +49,8 @@ FIGURES: dict[str, list[str]] = {
     "storm": ["all_caught_up_s", "catch_up_ms", "events_delivered"],
     "soak": ["achieved_msg_per_s", "send_deliver_ms", "healthz_ms", "healthz_probes", "slowloris"],
     "rolling": ["send_deliver_ms", "send_deliver_during_roll_ms", "client_wait_ms", "drains"],
+    "push": ["pushes_per_s", "sends_per_s", "enqueue_delivered_ms"],
+    "media": ["upload_mb_per_s", "download_mb_per_s", "cp_mb_per_s"],
 }
 CEILING = ["single_insert_tx_per_s_1conn", "single_insert_tx_per_s_8conn",
            "batched_insert_rows_per_s_1conn", "batched_insert_rows_per_s_8conn"]

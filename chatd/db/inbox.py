@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatd.db import records
+from chatd.db import media, records
 from chatd.db.bridge import Connection, Database
-from chatd.models import InboxEvent
+from chatd.models import InboxEvent, MediaRef
 
 _INBOX_AFTER = """
 SELECT inbox_seq, kind, channel_id, seq, data FROM inbox
@@ -38,16 +38,18 @@ class InboxStore:
         keys, so each table can be sharded on its own.
         """
 
-        async def unit(conn: Connection) -> tuple[list[Any], list[Any]]:
+        async def unit(conn: Connection) -> tuple[list[Any], list[Any], dict[tuple[int, int], tuple[MediaRef, ...]]]:
             rows = list(await conn.fetch(_INBOX_AFTER, user_id, after, limit))
             refs = [(r["channel_id"], r["seq"]) for r in rows if r["kind"] == "message"]
             messages: list[Any] = []
+            attached: dict[tuple[int, int], tuple[MediaRef, ...]] = {}
             if refs:
                 messages = list(await conn.fetch(_MESSAGES_BY_KEY, [c for c, _ in refs], [s for _, s in refs]))
-            return rows, messages
+                attached = await media.message_media(conn, refs)
+            return rows, messages, attached
 
-        rows, message_rows = await self.db.read(unit)
-        by_key = {(m["channel_id"], m["seq"]): records.message(m) for m in message_rows}
+        rows, message_rows, attached = await self.db.read(unit)
+        by_key = {(m["channel_id"], m["seq"]): records.with_media(records.message(m), attached) for m in message_rows}
         events = []
         for row in rows:
             if row["kind"] == "message":

@@ -8,12 +8,12 @@ get no inbox rows (the outcome says ``large``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 
-from chatd.db import records
+from chatd.db import media, push, records
 from chatd.db.bridge import Connection, Database
 from chatd.db.records import IS_MEMBER, MESSAGE_COLUMNS
 from chatd.errors import ChatdError, NotMember
@@ -56,21 +56,42 @@ def _outcome(record: Any, client_msg_id: str) -> SendOutcome | ChatdError:
     return SendOutcome(ack, records.advances(record["user_ids"], record["inbox_seqs"]), large=large)
 
 
+async def _after_send(conn: Connection, found: Sequence[Any], requests: Sequence[SendRequest]) -> int:
+    """In the send's transaction, for each message newly sent: its media, and the pushes to
+    its recipients who are offline (``chatd_send_batch`` itself is left as it is).
+    Returns the number of pushes queued."""
+    sent = [(rec, req) for rec, req in zip(found, requests) if rec["status"] == "sent"]
+    await media.attach(conn, [(rec["channel_id"], rec["seq"], req.media) for rec, req in sent if req.media])
+    return await push.enqueue(conn, [
+        push.Recipient(user_id, rec["channel_id"], rec["seq"])
+        for rec, req in sent for user_id in rec["user_ids"] or () if user_id != req.sender
+    ])
+
+
 class MessageStore:
     """The ``messages`` table: one method per unit of work."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        #: Called (in Trio) after a commit that queued pushes: the composition root wakes the push worker.
+        self.on_push_queued: Callable[[], None] | None = None
+
+    def _pushed(self, count: int) -> None:
+        if count and self.on_push_queued is not None:
+            self.on_push_queued()
 
     async def send(self, request: SendRequest, inbox_max_members: int) -> SendOutcome:
-        """Commit one message with its seq and inbox entries, in one round trip."""
+        """Commit one message with its seq and inbox entries (and its media and pushes) in one transaction."""
 
-        async def unit(conn: Connection) -> Any:
-            return await conn.fetchrow(
+        async def unit(conn: Connection) -> tuple[Any, int]:
+            record = await conn.fetchrow(
                 _SEND, request.sender, request.channel_id, request.client_msg_id, request.text, inbox_max_members
             )
+            return record, await _after_send(conn, [record], [request])
 
-        outcome = _outcome(await self.db.transaction(unit), request.client_msg_id)
+        record, pushed = await self.db.transaction(unit)
+        self._pushed(pushed)
+        outcome = _outcome(record, request.client_msg_id)
         if isinstance(outcome, ChatdError):
             raise outcome
         return outcome
@@ -85,8 +106,8 @@ class MessageStore:
         batch as a whole (nothing stored; each send may be retried alone).
         """
 
-        async def unit(conn: Connection) -> list[Any]:
-            return list(
+        async def unit(conn: Connection) -> tuple[list[Any], int]:
+            found = list(
                 await conn.fetch(
                     _SEND_BATCH,
                     [r.sender for r in requests],
@@ -96,11 +117,13 @@ class MessageStore:
                     inbox_max_members,
                 )
             )
+            return found, await _after_send(conn, found, requests)
 
         try:
-            found = await self.db.transaction(unit)
+            found, pushed = await self.db.transaction(unit)
         except asyncpg.PostgresError as exc:
             raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
+        self._pushed(pushed)
         return [_outcome(rec, req.client_msg_id) for rec, req in zip(found, requests)]
 
     async def history(
@@ -108,19 +131,28 @@ class MessageStore:
     ) -> list[Message]:
         """A member's page of the channel: after ``after`` oldest first, else before ``before`` newest first."""
 
-        async def unit(conn: Connection) -> list[Any]:
+        async def unit(conn: Connection) -> list[Message]:
             if await conn.fetchval(IS_MEMBER, channel_id, user_id) is None:
                 raise NotMember("not a member of this channel")
             if after is not None:
-                return list(await conn.fetch(_HISTORY_AFTER, channel_id, after, limit))
+                return await _with_media(conn, await conn.fetch(_HISTORY_AFTER, channel_id, after, limit))
             bound = before if before is not None else 2**63 - 1
-            return list(await conn.fetch(_HISTORY_BEFORE, channel_id, bound, limit))
+            return await _with_media(conn, await conn.fetch(_HISTORY_BEFORE, channel_id, bound, limit))
 
-        return [records.message(r) for r in await self.db.read(unit)]
+        return await self.db.read(unit)
 
     async def get(self, channel_id: int, seq: int) -> Message | None:
-        async def unit(conn: Connection) -> Any:
-            return await conn.fetchrow(_MESSAGE, channel_id, seq)
+        async def unit(conn: Connection) -> list[Message]:
+            return await _with_media(conn, await conn.fetch(_MESSAGE, channel_id, seq))
 
-        record = await self.db.read(unit)
-        return None if record is None else records.message(record)
+        found = await self.db.read(unit)
+        return found[0] if found else None
+
+
+async def _with_media(conn: Connection, found: Sequence[Any]) -> list[Message]:
+    """Messages from their rows, with their media (one more statement when any were found)."""
+    messages = [records.message(r) for r in found]
+    if not messages:
+        return []
+    attached = await media.message_media(conn, [(m.channel_id, m.seq) for m in messages])
+    return [records.with_media(m, attached) for m in messages]

@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from chatd.db.bridge import Connection
 from chatd.errors import NotFound
-from chatd.models import Channel, InboxAdvance, Message, User
+from chatd.models import Channel, InboxAdvance, MediaRef, Message, User
 
 IS_MEMBER = "SELECT 1 FROM members WHERE channel_id = $1 AND user_id = $2"
 LOCK_USERS = "SELECT chatd_lock_users($1::bigint[])"
@@ -59,6 +61,12 @@ def message(record: Any) -> Message:
         text=record["text"],
         created_at=record["created_at"],
     )
+
+
+def with_media(message: Message, attached: Mapping[tuple[int, int], tuple[MediaRef, ...]]) -> Message:
+    """The message with its media, when it has any (``attached`` by (channel_id, seq))."""
+    found = attached.get((message.channel_id, message.seq))
+    return message if not found else attrs.evolve(message, media=found)
 
 
 def advances(user_ids: Sequence[int] | None, heads: Sequence[int] | None) -> tuple[InboxAdvance, ...]:

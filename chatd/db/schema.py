@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     func,
@@ -137,6 +138,108 @@ user_presence = Table(
     metadata,
     Column("user_id", BigInteger, primary_key=True, autoincrement=False),
     Column("last_seen", TIMESTAMPTZ, nullable=False),
+)
+
+# --- media and push (migrations/0005_media_push.sql) ---------------------------
+
+media_chunks = Table(
+    "media_chunks",
+    metadata,
+    Column("sha256", LargeBinary, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("touched_at", TIMESTAMPTZ, nullable=False),
+)
+
+media_blobs = Table(
+    "media_blobs",
+    metadata,
+    Column("sha256", LargeBinary, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("chunk_count", Integer, nullable=False),
+    Column("touched_at", TIMESTAMPTZ, nullable=False),
+)
+
+media_blob_chunks = Table(
+    "media_blob_chunks",
+    metadata,
+    Column("blob_sha256", LargeBinary, ForeignKey("media_blobs.sha256", ondelete="CASCADE"), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("chunk_sha256", LargeBinary, ForeignKey("media_chunks.sha256"), nullable=False),
+    Column("start_byte", BigInteger, nullable=False),
+    Column("size", Integer, nullable=False),
+    PrimaryKeyConstraint("blob_sha256", "idx"),
+    Index("media_blob_chunks_chunk_idx", "chunk_sha256"),
+)
+
+media = Table(
+    "media",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("uploader_id", BigInteger, ForeignKey("users.id"), nullable=False),
+    Column("blob_sha256", LargeBinary, ForeignKey("media_blobs.sha256"), nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("filename", Text, nullable=True),
+    Column("width", Integer, nullable=True),
+    Column("height", Integer, nullable=True),
+    Column("created_at", TIMESTAMPTZ, nullable=False),
+    Column("posted_at", TIMESTAMPTZ, nullable=True),
+    Index("media_blob_idx", "blob_sha256"),
+    Index("media_orphans_idx", "created_at", postgresql_where="posted_at IS NULL"),
+)
+
+message_media = Table(
+    "message_media",
+    metadata,
+    Column("channel_id", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("position", SmallInteger, nullable=False),
+    Column("media_id", BigInteger, ForeignKey("media.id"), nullable=False),
+    PrimaryKeyConstraint("channel_id", "seq", "position"),
+    Index("message_media_media_idx", "media_id"),
+)
+
+push_subscriptions = Table(
+    "push_subscriptions",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("user_id", BigInteger, ForeignKey("users.id"), nullable=False),
+    Column("device_id", BigInteger, ForeignKey("devices.id"), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("p256dh", Text, nullable=True),
+    Column("auth", Text, nullable=True),
+    Column("created_at", TIMESTAMPTZ, nullable=False),
+    CheckConstraint("kind IN ('webhook', 'webpush')"),
+    Index("push_subscriptions_user_idx", "user_id"),
+    Index("push_subscriptions_device_url_key", "device_id", "url", unique=True),
+)
+
+push_outbox = Table(
+    "push_outbox",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("subscription_id", BigInteger, ForeignKey("push_subscriptions.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("channel_id", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("mention", Boolean, nullable=False),
+    Column("created_at", TIMESTAMPTZ, nullable=False),
+    Column("due_at", TIMESTAMPTZ, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("claimed_by", Text, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("push_outbox_due_idx", "due_at"),
+    Index("push_outbox_subscription_idx", "subscription_id"),
+)
+
+push_vapid = Table(
+    "push_vapid",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("private_pem", Text, nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("created_at", TIMESTAMPTZ, nullable=False),
+    CheckConstraint("id = 1"),
 )
 
 schema_migrations = Table(

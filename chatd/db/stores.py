@@ -13,10 +13,12 @@ import attrs
 from chatd.db.bridge import Database
 from chatd.db.channels import ChannelStore
 from chatd.db.inbox import InboxStore
+from chatd.db.media import MediaStore
 from chatd.db.messages import MessageStore
 from chatd.db.nodes import NodeStore
 from chatd.db.presence import PresenceStore
 from chatd.db.receipts import ReceiptStore
+from chatd.db.push import PushStore
 from chatd.db.users import UserStore
 from chatd.db.verify import Checks
 
@@ -32,6 +34,8 @@ class Stores:
     checks: Checks
     receipts: ReceiptStore
     presence: PresenceStore
+    media: MediaStore
+    push: PushStore
 
     @classmethod
     def over(cls, db: Database) -> Stores:
@@ -45,4 +49,6 @@ class Stores:
             checks=Checks(db),
             receipts=ReceiptStore(db),
             presence=PresenceStore(db),
+            media=MediaStore(db),
+            push=PushStore(db),
         )

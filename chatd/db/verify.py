@@ -74,6 +74,35 @@ VERIFY_CHECKS: tuple[tuple[str, str], ...] = (
         GROUP BY c.id HAVING count(m.user_id) <> c.member_count LIMIT 10
         """,
     ),
+    (
+        "message media pointing to a missing message",
+        """
+        SELECT mm.channel_id, mm.seq, mm.media_id FROM message_media mm
+        LEFT JOIN messages m ON m.channel_id = mm.channel_id AND m.seq = mm.seq
+        WHERE m.seq IS NULL LIMIT 10
+        """,
+    ),
+    (
+        "posted media not marked posted (media gc could remove it)",
+        """
+        SELECT DISTINCT mm.media_id FROM message_media mm JOIN media m ON m.id = mm.media_id
+        WHERE m.posted_at IS NULL LIMIT 10
+        """,
+    ),
+    (
+        "stored file whose chunks do not add up to its size",
+        """
+        SELECT b.encode_sha256, b.size, b.chunks, b.bytes, b.contiguous FROM (
+            SELECT encode(b.sha256, 'hex') AS encode_sha256, b.size, b.chunk_count,
+                   count(bc.idx) AS chunks, coalesce(sum(bc.size), 0) AS bytes,
+                   bool_and(bc.start_byte = coalesce(
+                       (SELECT sum(p.size) FROM media_blob_chunks p
+                        WHERE p.blob_sha256 = b.sha256 AND p.idx < bc.idx), 0)) AS contiguous
+            FROM media_blobs b LEFT JOIN media_blob_chunks bc ON bc.blob_sha256 = b.sha256
+            GROUP BY b.sha256, b.size, b.chunk_count) b
+        WHERE b.chunks <> b.chunk_count OR b.bytes <> b.size OR NOT coalesce(b.contiguous, true) LIMIT 10
+        """,
+    ),
 )
 
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from chatd.db.messages import MessageStore
 from chatd.errors import Invalid, RateLimited, TooLarge
 from chatd.limits import MAX_CLIENT_MSG_ID_CHARS, is_client_msg_id
-from chatd.models import Ack, Message, Principal, SendRequest
+from chatd.models import Ack, MediaRef, Message, Principal, SendRequest
+from chatd.services.media import MediaService
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.writer import SendWriter
 
@@ -24,7 +25,9 @@ class MessageService:
         writer: SendWriter,
         *,
         max_text_chars: int,
+        media: MediaService | None = None,
     ) -> None:
+        self.media = media
         self.messages = messages
         self.limiter = limiter
         self.writer = writer
@@ -41,17 +44,19 @@ class MessageService:
             raise Invalid(f"client_msg_id: 1..{MAX_CLIENT_MSG_ID_CHARS} characters, no NUL")
         if len(text) > self.max_text_chars:
             raise TooLarge(f"text: at most {self.max_text_chars} characters")
-        if media_ids:
-            # No media can be uploaded yet, so no id can be owned by the sender.
-            raise Invalid("media_ids: unknown media")
-        if not text.strip():
-            raise Invalid("text: must not be empty")
+        if not text.strip() and not media_ids:
+            raise Invalid("text: must not be empty (unless the message carries media)")
         if "\x00" in text:
             raise Invalid("text: must not contain NUL")
         wait = self.limiter.take(principal.user_id)
         if wait:
             raise RateLimited("too many messages; slow down", wait)
-        outcome = await self.writer.submit(SendRequest(principal.user_id, channel_id, client_msg_id, text))
+        media: tuple[MediaRef, ...] = ()
+        if media_ids:
+            if self.media is None:
+                raise Invalid("media_ids: this server stores no media")
+            media = await self.media.for_send(principal, media_ids)
+        outcome = await self.writer.submit(SendRequest(principal.user_id, channel_id, client_msg_id, text, media))
         return outcome.ack
 
     async def history(

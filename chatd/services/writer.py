@@ -128,6 +128,7 @@ class SendWriter:
             client_msg_id=request.client_msg_id,
             text=request.text,
             created_at=outcome.ack.created_at,
+            media=request.media,
         )
         if outcome.large:
             # No inbox rows: its online members get a live frame.

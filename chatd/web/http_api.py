@@ -29,9 +29,11 @@ from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.presence import PresenceService
 from chatd.services.receipts import ReceiptService
+from chatd.services.push import PushService
 from chatd.services.users import UserService
 from chatd.web import params
 from chatd.web.http_errors import code_for_status, error_body
+from chatd.web.http_push import add_push_routes
 from chatd.web.origins import OriginPolicy
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,7 @@ def build_http_app(
     max_group_members: int,
     origins: OriginPolicy | None = None,
     body_timeout_s: float = 30.0,
+    push: PushService | None = None,
 ) -> QuartTrio:
     policy = origins or OriginPolicy()
     app = QuartTrio("chatd")
@@ -437,5 +440,8 @@ def build_http_app(
             await auth.authenticate(token)
         cursor = events[-1].inbox_seq if events else after
         return ok({"events": [e.to_json() for e in events], "cursor": cursor})
+
+    if push is not None:
+        add_push_routes(app, push, principal, body)
 
     return app
