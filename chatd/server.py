@@ -31,6 +31,7 @@ from chatd.services.admin import AdminService
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
+from chatd.services.conversation import ConversationService
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
@@ -61,6 +62,7 @@ class Services:
     admin: AdminService
     channels: ChannelService
     messages: MessageService
+    conversation: ConversationService
     inbox: InboxService
     writer: SendWriter
     registry: NodeRegistry
@@ -100,6 +102,12 @@ class Services:
                 limiter,
                 writer,
                 max_text_chars=config.limits.max_text_chars,
+            ),
+            conversation=ConversationService(
+                stores.conversation,
+                hub,
+                max_text_chars=config.limits.max_text_chars,
+                inbox_max_members=config.fanout.inbox_max_members,
             ),
             inbox=InboxService(stores.inbox, hub),
             writer=writer,
@@ -161,6 +169,7 @@ class Server:
             channels=services.channels,
             messages=services.messages,
             inbox=services.inbox,
+            conversation=services.conversation,
             ready=self._ready,
             max_group_members=cfg.limits.max_group_members,
             origins=origins,
@@ -266,6 +275,8 @@ class Server:
                 # This node's own large-channel writes were pushed by the writer.
                 if not from_this_node:
                     live.hinted(hint.channel_id, hint.seq)
+            elif isinstance(hint, hints.MessageChanged):
+                live.changed(hint)  # every node, this one included: the hint is the only path
             else:
                 hub.apply(hint, from_this_node=from_this_node)
 

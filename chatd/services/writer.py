@@ -128,6 +128,8 @@ class SendWriter:
             client_msg_id=request.client_msg_id,
             text=request.text,
             created_at=outcome.ack.created_at,
+            reply_to=outcome.reply_to,
+            mentions=outcome.mentions,
         )
         if outcome.large:
             # No inbox rows: its online members get a live frame.

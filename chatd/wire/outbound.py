@@ -103,4 +103,16 @@ class LiveMessage:
         return {"type": "message", **self.message.to_json()}
 
 
-ServerFrame: TypeAlias = Welcome | Synced | AckFrame | ErrorFrame | Pong | Reconnect | LiveMessage
+@attrs.frozen
+class LiveChange:
+    """A change to a large channel's message, live and not persisted (PROTOCOL.md §10):
+    ``{"type": "edit"|"delete"|"reaction", ...the event's fields}``."""
+
+    kind: str
+    fields: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, **self.fields}
+
+
+ServerFrame: TypeAlias = Welcome | Synced | AckFrame | ErrorFrame | Pong | Reconnect | LiveMessage | LiveChange
