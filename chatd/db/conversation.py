@@ -61,23 +61,29 @@ SELECT user_ids, inbox_seqs FROM chatd_append_inbox(chatd_recipients($1), $2, $1
 """
 _NOTIFY_CHANGE = "SELECT chatd_notify_change($1, $2, $3)"
 
-#: Search: the caller's channels are a condition of the query itself, never a filter afterwards.
+_COLUMNS_OF_M = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
+#: Search: the caller's channels are a condition of the query itself, never a
+#: filter afterwards. Each of the caller's channels is searched on its own,
+#: newest first (LATERAL ... ORDER BY seq DESC LIMIT), so the planner picks per
+#: query: for a common word, walking the channel's newest messages and
+#: stopping at ``limit`` hits; for a rare one, the GIN index. Then the
+#: channels' hits are merged newest first; ``ts_headline`` runs on those only.
 _SEARCH = f"""
-SELECT {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))},
+SELECT {_COLUMNS_OF_M},
        ts_headline('simple', m.text, q, 'StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=20, MinWords=5')
            AS highlight
 FROM websearch_to_tsquery('simple', $2) AS q,
-     messages m
-WHERE m.channel_id IN (SELECT mb.channel_id FROM members mb WHERE mb.user_id = $1)
-  AND ($3::bigint IS NULL OR m.channel_id = $3)
-  AND ($4::bigint IS NULL OR m.seq < $4)
-  AND m.search @@ q
+     LATERAL (SELECT mb.channel_id FROM members mb
+              WHERE mb.user_id = $1 AND ($3::bigint IS NULL OR mb.channel_id = $3)) AS mine,
+     LATERAL (SELECT {MESSAGE_COLUMNS} FROM messages
+              WHERE channel_id = mine.channel_id AND search @@ q AND ($4::bigint IS NULL OR seq < $4)
+              ORDER BY seq DESC LIMIT $5) AS m
 ORDER BY m.created_at DESC, m.channel_id DESC, m.seq DESC
 LIMIT $5
 """
 #: Mentions of the caller in the channels it is still a member of, newest mention first.
 _MENTIONS_OF = f"""
-SELECT {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}, mn.id AS mention_id
+SELECT {_COLUMNS_OF_M}, mn.id AS mention_id
 FROM mentions mn
 JOIN members mb ON mb.channel_id = mn.channel_id AND mb.user_id = mn.user_id
 JOIN messages m ON m.channel_id = mn.channel_id AND m.seq = mn.seq
