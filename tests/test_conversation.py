@@ -529,3 +529,61 @@ async def test_verify_reports_broken_conversation_invariants(db_url: str, databa
         assert "the text not its last version" in problems
         assert "reply not attached" in problems
         assert "channel seq not contiguous" in problems
+
+
+# --- the send frame's reply_to, and a mixed load ------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "ok"), [(1, True), (2**63 - 1, True), (None, True), (0, False), (-1, False),
+                                           ("1", False), (True, False), (1.0, False), (2**63, False)])
+def test_send_frame_reply_to_is_a_positive_id(value: Any, ok: bool) -> None:
+    import json
+
+    from chatd.wire.codec import FrameError, WireFormat, decode_client_frame
+    from chatd.wire.frames import SendFrame
+
+    frame = {"type": "send", "channel_id": 1, "client_msg_id": "c", "text": "t", "reply_to": value}
+    if ok:
+        decoded = decode_client_frame(json.dumps(frame), WireFormat.JSON)
+        assert isinstance(decoded, SendFrame) and decoded.reply_to == value
+        assert decode_client_frame(json.dumps(decoded.to_dict()), WireFormat.JSON) == decoded
+    else:
+        with pytest.raises(FrameError) as caught:
+            decode_client_frame(json.dumps(frame), WireFormat.JSON)
+        assert caught.value.code == "invalid"
+
+
+async def test_edits_deletes_reactions_and_replies_at_once_commit_without_deadlock(db_url: str) -> None:
+    """Every kind of change on the same few messages at once, beside sends: all answered, verify clean."""
+    async with running_server(db_url) as srv:
+        users = [await srv.user(f"u{i}") for i in range(10)]
+        channel = await _group(srv, users[0], "mix", users[1:])
+        async with http(srv, users[0].token) as api:
+            seqs = [await _sent(api.as_user(u.token), channel, f"root-{u.user_id}", f"root of @u{i}")
+                    for i, u in enumerate(users)]
+            statuses: list[int] = []
+
+            async def member(i: int, user: ChatUser) -> None:
+                me = api.as_user(user.token)
+                own = seqs[i]
+                for k in range(4):
+                    target = seqs[(i + k) % len(seqs)]
+                    calls = [
+                        me.patch(f"/v1/channels/{channel}/messages/{own}", {"text": f"edit {k} @u{(i + 1) % 10}"}),
+                        me.put(f"/v1/channels/{channel}/messages/{target}/reactions/:k{k}:"),
+                        _send(me, channel, f"r-{user.user_id}-{k}", "reply", reply_to=target),
+                        me.delete(f"/v1/channels/{channel}/messages/{target}/reactions/:k{k - 1}:"),
+                    ]
+                    for call in calls:
+                        statuses.append((await call).status_code)
+                statuses.append((await me.delete(f"/v1/channels/{channel}/messages/{own}")).status_code)
+
+            with trio.fail_after(180):
+                async with trio.open_nursery() as nursery:
+                    for i, user in enumerate(users):
+                        nursery.start_soon(member, i, user)
+        # Each member deletes only its own root, and last, so every edit succeeds; the one allowed
+        # refusal is a reaction on another member's root that member already deleted (404).
+        assert set(statuses) <= {200, 201, 204, 404}, statuses
+        assert statuses.count(200) == 40  # every edit
+        assert await srv.stores.checks.verify() == []
