@@ -66,7 +66,7 @@ _COLUMNS_OF_M = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
 #: filter afterwards. Each of the caller's channels is searched on its own,
 #: newest first (LATERAL ... ORDER BY seq DESC LIMIT), so the planner picks per
 #: query: for a common word, walking the channel's newest messages and
-#: stopping at ``limit`` hits; for a rare one, the GIN index. Then the
+#: stopping at ``limit`` hits; for a rare one, the GIN index (see _CUSTOM_PLAN). Then the
 #: channels' hits are merged newest first; ``ts_headline`` runs on those only.
 _SEARCH = f"""
 SELECT {_COLUMNS_OF_M},
@@ -81,6 +81,10 @@ FROM websearch_to_tsquery('simple', $2) AS q,
 ORDER BY m.created_at DESC, m.channel_id DESC, m.seq DESC
 LIMIT $5
 """
+#: The search statement is prepared once per connection; a generic plan cannot
+#: know whether the words are rare (use the GIN index) or common (walk the
+#: newest messages), so each search is planned for its own words.
+_CUSTOM_PLAN = "SET LOCAL plan_cache_mode = force_custom_plan"
 #: Mentions of the caller in the channels it is still a member of, newest mention first.
 _MENTIONS_OF = f"""
 SELECT {_COLUMNS_OF_M}, mn.id AS mention_id
@@ -193,11 +197,13 @@ class ConversationStore:
         self, user_id: int, query: str, channel_id: int | None, before: int | None, limit: int
     ) -> list[Message]:
         async def unit(conn: Connection) -> list[Message]:
+            await conn.execute(_CUSTOM_PLAN)
             rows = await conn.fetch(_SEARCH, user_id, query, channel_id, before, limit)
             found = await with_state(conn, rows, user_id)
             return [attrs.evolve(m, highlight=r["highlight"]) for m, r in zip(found, rows)]
 
-        return await self.db.read(unit)
+        # A transaction only so that SET LOCAL applies (it writes nothing).
+        return await self.db.transaction(unit)
 
     async def mentions_of(self, user_id: int, before: int | None, limit: int) -> list[tuple[int, Message]]:
         """(mention_id, message) pairs, newest mention first."""
