@@ -146,7 +146,8 @@ class MessageStore:
         self.db = db
 
     async def send(self, request: SendRequest, inbox_max_members: int) -> SendOutcome:
-        """Commit one message with its seq and inbox entries, in one round trip."""
+        """Commit one message with its seq and inbox entries (one round trip, plus one
+        for a reply's root and one for a text with an ``@``)."""
 
         async def unit(conn: Connection) -> SendOutcome | ChatdError:
             roots, refused = await _reply_roots(conn, [request])
