@@ -63,6 +63,22 @@ class ChannelMessage:
 
 
 @attrs.frozen
+class MessageChanged:
+    """A large channel's message changed; nodes push a live frame to their connected members.
+    Written by the SQL function ``chatd_notify_change``:
+
+    - ``x:<channel_id>:<seq>:edit`` (the frame is read from the message's current state),
+    - ``x:<channel_id>:<seq>:delete:<by>``,
+    - ``x:<channel_id>:<seq>:reaction:<user_id>:<added|removed>:<emoji>``.
+    """
+
+    channel_id: int
+    seq: int
+    kind: str
+    fields: tuple[tuple[str, int | str], ...] = ()
+
+
+@attrs.frozen
 class DeviceRevoked:
     """``d:<device_id>``: the device logged out; every node closes its connections (4001)."""
 
@@ -97,7 +113,7 @@ class Live:
     receipts: tuple[tuple[int, int, str, int], ...] = ()
 
 
-Hint: TypeAlias = InboxHeads | WakeAll | ChannelMessage | DeviceRevoked | UserRevoked | Live
+Hint: TypeAlias = InboxHeads | WakeAll | ChannelMessage | MessageChanged | DeviceRevoked | UserRevoked | Live
 
 #: Prefix of :class:`Live` hints.
 LIVE_PREFIX = "e:"
@@ -119,6 +135,8 @@ def parse(payload: str) -> Hint:
             return DeviceRevoked(_number(rest))
         if kind == "u":
             return UserRevoked(_number(rest))
+        if kind == "x":
+            return _message_changed(rest)
         if kind == "c":
             channel, _, seq = rest.partition(":")
             return ChannelMessage(_number(channel), _number(seq), from_batch)
@@ -137,6 +155,24 @@ def encode(hint: DeviceRevoked | UserRevoked) -> str:
     if isinstance(hint, DeviceRevoked):
         return f"d:{hint.device_id}"
     return f"u:{hint.user_id}"
+
+
+def _message_changed(rest: str) -> MessageChanged:
+    channel, seq, change = rest.split(":", 2)
+    what, _, detail = change.partition(":")
+    fields: tuple[tuple[str, int | str], ...]
+    if what == "edit" and not detail:
+        fields = ()
+    elif what == "delete":
+        fields = (("by", _number(detail)),)
+    elif what == "reaction":
+        user, change_kind, emoji = detail.split(":", 2)
+        if change_kind not in ("added", "removed") or not emoji:
+            raise ValueError(detail)
+        fields = (("user_id", _number(user)), ("emoji", emoji), ("change", change_kind))
+    else:
+        raise ValueError(change)
+    return MessageChanged(_number(channel), _number(seq), what, fields)
 
 
 def _number(text: str) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -88,6 +88,7 @@ class Drainable(Protocol):
     def push_message(self, message: Message) -> None: ...
 
     def offer(self, frame: ServerFrame) -> None: ...
+    def push_change(self, kind: str, fields: dict[str, Any]) -> None: ...
 
 
 class Hub:
@@ -206,6 +207,12 @@ class Hub:
         for user_id in user_ids:
             for session in list(self._sessions.get(user_id, ())):
                 session.offer(frame)
+
+    def push_change(self, user_ids: Iterable[int], kind: str, fields: dict[str, Any]) -> None:
+        """A change to a large channel's message (edit, delete, reaction), live, to these users' connections."""
+        for user_id in user_ids:
+            for session in list(self._sessions.get(user_id, ())):
+                session.push_change(kind, fields)
 
     def revoke_device(self, device_id: int) -> None:
         for session in self._all_sessions():

@@ -124,6 +124,18 @@ class MediaRef:
 
 
 @attrs.frozen
+class Reaction:
+    """One emoji on a message: how many reacted with it, and whether the reader did."""
+
+    emoji: str
+    count: int
+    me: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"emoji": self.emoji, "count": self.count, "me": self.me}
+
+
+@attrs.frozen
 class Message:
     channel_id: int
     seq: int
@@ -132,9 +144,18 @@ class Message:
     text: str
     created_at: datetime
     media: tuple[MediaRef, ...] = ()
+    # PROTOCOL §10: the message's current state (defaults: a plain, fresh message).
+    reply_to: int | None = None
+    reply_count: int = 0
+    edited_at: datetime | None = None
+    deleted: bool = False
+    mentions: tuple[int, ...] = ()
+    reactions: tuple[Reaction, ...] = ()
+    #: Search results only: the matching words marked (``ts_headline``).
+    highlight: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "channel_id": self.channel_id,
             "seq": self.seq,
             "sender_id": self.sender_id,
@@ -142,6 +163,25 @@ class Message:
             "text": self.text,
             "media": [m.to_json() for m in self.media],
             "created_at": format_time(self.created_at),
+            "reply_to": self.reply_to,
+            "reply_count": self.reply_count,
+            "edited_at": format_time(self.edited_at),
+            "deleted": self.deleted,
+            "mentions": list(self.mentions),
+            "reactions": [r.to_json() for r in self.reactions],
+        }
+        if self.highlight is not None:
+            out["highlight"] = self.highlight
+        return out
+
+    def edit_json(self) -> dict[str, Any]:
+        """An ``edit`` event's fields: the text, edit time and mentions as they stand now."""
+        return {
+            "channel_id": self.channel_id,
+            "seq": self.seq,
+            "text": self.text,
+            "edited_at": format_time(self.edited_at),
+            "mentions": list(self.mentions),
         }
 
 
@@ -184,6 +224,8 @@ class SendRequest:
     text: str
     #: The uploads it carries, already checked to be the sender's (in the send's order).
     media: tuple[MediaRef, ...] = ()
+    #: The seq this send answers (any message of the thread; stored as its root).
+    reply_to: int | None = None
 
 
 @attrs.frozen
@@ -194,6 +236,10 @@ class SendOutcome:
     #: rows were written (``advances`` is empty); its online members get the
     #: message live and the others read it from history.
     large: bool = False
+    #: The thread's root when the send was a reply (None otherwise, and for a duplicate).
+    reply_to: int | None = None
+    #: The members the text mentions (resolved at commit).
+    mentions: tuple[int, ...] = ()
 
 
 @attrs.frozen

@@ -34,6 +34,7 @@ from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
 from chatd.db.livehints import LiveHintStore
+from chatd.services.conversation import ConversationService
 from chatd.services.inbox import InboxService
 from chatd.services.livebus import LiveBus, LiveDelivery
 from chatd.services.presence import PresenceService
@@ -72,6 +73,7 @@ class Services:
     admin: AdminService
     channels: ChannelService
     messages: MessageService
+    conversation: ConversationService
     inbox: InboxService
     writer: SendWriter
     registry: NodeRegistry
@@ -143,6 +145,12 @@ class Services:
                 writer,
                 max_text_chars=config.limits.max_text_chars,
                 media=media,
+            ),
+            conversation=ConversationService(
+                stores.conversation,
+                hub,
+                max_text_chars=config.limits.max_text_chars,
+                inbox_max_members=config.fanout.inbox_max_members,
             ),
             inbox=InboxService(stores.inbox, hub),
             writer=writer,
@@ -223,6 +231,7 @@ class Server:
             inbox=services.inbox,
             receipts=services.receipts,
             presence=services.presence,
+            conversation=services.conversation,
             ready=self._ready,
             max_group_members=cfg.limits.max_group_members,
             origins=origins,
@@ -339,6 +348,8 @@ class Server:
                 # This node's own large-channel writes were pushed by the writer.
                 if not from_this_node:
                     live.hinted(hint.channel_id, hint.seq)
+            elif isinstance(hint, hints.MessageChanged):
+                live.changed(hint)  # every node, this one included: the hint is the only path
             else:
                 hub.apply(hint, from_this_node=from_this_node)
 

@@ -142,6 +142,9 @@ class Api:
     async def patch(self, path: str, body: Any) -> httpx.Response:
         return await self.client.patch(path, json=body, headers=self._headers())
 
+    async def put(self, path: str, body: Any = None) -> httpx.Response:
+        return await self.client.put(path, json=body, headers=self._headers())
+
     async def delete(self, path: str) -> httpx.Response:
         return await self.client.delete(path, headers=self._headers())
 

@@ -36,9 +36,13 @@ SMOKE_FLAGS: dict[str, list[str]] = {
     "rolling": ["--devices", "4", "--senders", "2", "--rate", "20", "--settle", "1"],
     "push": ["--recipients", "8", "--concurrency", "4"],
     "media": ["--mb", "0.6", "--rounds", "2"],
+    "search": ["--messages", "3000", "--channels", "30", "--member-of", "5", "--queries", "5", "--senders", "2",
+               "--phase-seconds", "0.5", "--rounds", "1"],
 }
+#: Workloads whose clients run in the orchestrating process take no --workers.
+NO_WORKERS = {"search"}
 #: Longer than RUN_TIMEOUT_S for workloads whose window is long by design.
-RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120, "rolling": 120}
+RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120, "rolling": 120, "search": 240}
 
 #: Figures each workload's JSON must carry (beside the ceiling and the server's).
 FIGURES: dict[str, list[str]] = {
@@ -51,6 +55,7 @@ FIGURES: dict[str, list[str]] = {
     "rolling": ["send_deliver_ms", "send_deliver_during_roll_ms", "client_wait_ms", "drains"],
     "push": ["pushes_per_s", "sends_per_s", "enqueue_delivered_ms"],
     "media": ["upload_mb_per_s", "download_mb_per_s", "cp_mb_per_s"],
+    "search": ["search", "saturation_with_index_msg_per_s", "saturation_without_index_msg_per_s", "seeding"],
 }
 CEILING = ["single_insert_tx_per_s_1conn", "single_insert_tx_per_s_8conn",
            "batched_insert_rows_per_s_1conn", "batched_insert_rows_per_s_8conn"]
@@ -58,8 +63,8 @@ CEILING = ["single_insert_tx_per_s_1conn", "single_insert_tx_per_s_8conn",
 
 def run_workload(name: str, dsn: str, results: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), name, *SMOKE_FLAGS[name], "--workers", "2",
-         "--database-url", dsn, "--results-dir", str(results), "--ceiling-seconds", "0.2"],
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), name, *SMOKE_FLAGS[name],
+         *([] if name in NO_WORKERS else ["--workers", "2"]), "--database-url", dsn, "--results-dir", str(results), "--ceiling-seconds", "0.2"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -91,6 +96,11 @@ def test_workload_smoke(name: str, databases: Databases, tmp_path: Path) -> None
         # The server closed hostile sockets that outlived its head timeout, and stayed up for everyone else.
         assert figures["slowloris"]["closed"] > 0, figures["slowloris"]
         assert figures["idle_connected"] == 10 and figures["pings"] > 0
+    if name == "search":
+        # Every kind of query was answered, and none leaked another channel's hit.
+        assert all(f["errors"] == 0 and f["leaks"] == 0 and f["latency_ms"]["n"] == 5
+                   for f in report["figures"]["search"].values())
+        assert sum(f["mean_hits"] for f in report["figures"]["search"].values()) > 0
 
 
 def test_receipts_benchmark_smoke(databases: Databases, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 import trio
@@ -24,6 +25,12 @@ from chatd.services.ratelimit import RateLimiter, take_token
         ("w:c:9:100", hints.ChannelMessage(9, 100, from_batch=True)),
         ("d:12", hints.DeviceRevoked(12)),
         ("u:4", hints.UserRevoked(4)),
+        ("x:9:3:edit", hints.MessageChanged(9, 3, "edit")),
+        ("x:9:3:delete:7", hints.MessageChanged(9, 3, "delete", (("by", 7),))),
+        ("x:9:3:reaction:7:added::+1:", hints.MessageChanged(
+            9, 3, "reaction", (("user_id", 7), ("emoji", ":+1:"), ("change", "added")))),
+        ("x:9:3:reaction:7:removed:\U0001F44D", hints.MessageChanged(
+            9, 3, "reaction", (("user_id", 7), ("emoji", "\U0001F44D"), ("change", "removed")))),
     ],
 )
 def test_every_kind_parses(payload: str, hint: hints.Hint) -> None:
@@ -35,7 +42,9 @@ def test_python_hints_round_trip(hint: hints.DeviceRevoked | hints.UserRevoked) 
     assert hints.parse(hints.encode(hint)) == hint
 
 
-@pytest.mark.parametrize("payload", ["", "w:", "x", "1", "1:", "1:2,", "1:2:3", "c:1", "c:x:1", "d:", "u:-1", "d:1:2", "1:2,a:b"])
+@pytest.mark.parametrize("payload", ["", "w:", "x", "1", "1:", "1:2,", "1:2:3", "c:1", "c:x:1", "d:", "u:-1", "d:1:2", "1:2,a:b",
+                                     "x:1:2", "x:1:2:edit:3", "x:1:2:delete", "x:1:2:reaction:3:added:",
+                                     "x:1:2:reaction:3:gone:y", "x:1:2:other"])
 def test_garbage_wakes_everyone(payload: str) -> None:
     assert hints.parse(payload) == hints.WakeAll()
 
@@ -50,6 +59,7 @@ class FakeSession:
         self.drained: int | None = None
         self.offered: list[Message] = []
         self.frames: list[object] = []
+        self.changes: list[tuple[str, dict[str, Any]]] = []
 
     def drain(self, after_ms: int) -> None:
         self.drained = after_ms
@@ -63,10 +73,13 @@ class FakeSession:
     def offer(self, frame: object) -> None:
         self.frames.append(frame)
 
+    def push_change(self, kind: str, fields: dict[str, Any]) -> None:
+        self.changes.append((kind, fields))
+
 
 def node_hint(payload: str) -> hints.InboxHeads | hints.WakeAll | hints.DeviceRevoked | hints.UserRevoked:
     hint = hints.parse(payload)
-    assert not isinstance(hint, hints.ChannelMessage)
+    assert not isinstance(hint, (hints.ChannelMessage, hints.MessageChanged))
     return hint
 
 

@@ -17,7 +17,11 @@ import trio
 from tests.support import Api, ChatUser, http, running_server
 
 CHANNEL_KEYS = {"channel_id", "kind", "name", "member_count", "last_seq", "read_seq", "unread"}
-MESSAGE_KEYS = {"channel_id", "seq", "sender_id", "client_msg_id", "text", "media", "created_at"}
+MESSAGE_KEYS = {"channel_id", "seq", "sender_id", "client_msg_id", "text", "media", "created_at",
+                "reply_to", "reply_count", "edited_at", "deleted", "mentions", "reactions"}
+#: The fields PROTOCOL §10 adds to a message object, as they are for a plain, fresh message.
+PLAIN_MESSAGE_FIELDS = {"reply_to": None, "reply_count": 0, "edited_at": None, "deleted": False, "mentions": [],
+                        "reactions": []}
 ACK_KEYS = {"client_msg_id", "channel_id", "seq", "created_at", "state", "duplicate"}
 USER_KEYS = {"user_id", "username", "display_name"}
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -526,6 +530,7 @@ async def test_send_acks_after_commit_and_retry_is_idempotent(db_url: str) -> No
             "text": "hello",
             "media": [],
             "created_at": ack["created_at"],
+            **PLAIN_MESSAGE_FIELDS,
         }
 
 
@@ -654,6 +659,7 @@ async def test_sync_returns_inbox_events_with_cursor(db_url: str) -> None:
             "text": "one",
             "media": [],
             "created_at": ack1["created_at"],
+            **PLAIN_MESSAGE_FIELDS,
         }
         assert events[2]["kind"] == "message" and events[2]["seq"] == 2 and events[2]["sender_id"] == bob.user_id
         assert events[2]["created_at"] == ack2["created_at"] and events[2]["text"] == "two"

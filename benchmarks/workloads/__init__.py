@@ -8,4 +8,4 @@ side. ``rolling`` drives its few clients in the orchestrating process and
 has no worker half.
 """
 
-NAMES = ("steady", "saturation", "fanout", "idle", "storm", "soak", "rolling", "push", "media")
+NAMES = ("steady", "saturation", "fanout", "idle", "storm", "soak", "rolling", "push", "media", "search")

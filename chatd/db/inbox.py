@@ -2,25 +2,29 @@
 
 Rows are appended only by the SQL functions (``chatd_send``,
 ``chatd_append_inbox``, see :mod:`chatd.db.records`); this module reads them.
+``message`` and ``edit`` events are rendered from the message's current state
+(a deleted message's events show its tombstone, never its erased text).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from chatd.db import media, records
 from chatd.db.bridge import Connection, Database
-from chatd.models import InboxEvent, MediaRef
+from chatd.db.message_state import with_state
+from chatd.db.records import MESSAGE_COLUMNS
+from chatd.models import InboxEvent, Message
 
 _INBOX_AFTER = """
 SELECT inbox_seq, kind, channel_id, seq, data FROM inbox
 WHERE user_id = $1 AND inbox_seq > $2 ORDER BY inbox_seq LIMIT $3
 """
-_MESSAGES_BY_KEY = """
-SELECT m.channel_id, m.seq, m.sender_id, m.client_msg_id, m.text, m.created_at
-FROM unnest($1::bigint[], $2::bigint[]) AS k (channel_id, seq)
-JOIN messages m ON m.channel_id = k.channel_id AND m.seq = k.seq
+_MESSAGES_BY_KEY = f"""
+SELECT {MESSAGE_COLUMNS} FROM messages
+WHERE (channel_id, seq) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))
 """
+#: Events rendered from the message's current state (the others carry their data).
+_FROM_MESSAGE = ("message", "edit")
 _INBOX_HEAD = "SELECT inbox_head FROM users WHERE id = $1"
 
 
@@ -38,22 +42,23 @@ class InboxStore:
         keys, so each table can be sharded on its own.
         """
 
-        async def unit(conn: Connection) -> tuple[list[Any], list[Any], dict[tuple[int, int], tuple[MediaRef, ...]]]:
+        async def unit(conn: Connection) -> tuple[list[Any], list[Message]]:
             rows = list(await conn.fetch(_INBOX_AFTER, user_id, after, limit))
-            refs = [(r["channel_id"], r["seq"]) for r in rows if r["kind"] == "message"]
-            messages: list[Any] = []
-            attached: dict[tuple[int, int], tuple[MediaRef, ...]] = {}
+            refs = {(r["channel_id"], r["seq"]) for r in rows if r["kind"] in _FROM_MESSAGE}
+            messages: list[Message] = []
             if refs:
-                messages = list(await conn.fetch(_MESSAGES_BY_KEY, [c for c, _ in refs], [s for _, s in refs]))
-                attached = await media.message_media(conn, refs)
-            return rows, messages, attached
+                found = await conn.fetch(_MESSAGES_BY_KEY, [c for c, _ in refs], [s for _, s in refs])
+                messages = await with_state(conn, found, user_id)
+            return rows, messages
 
-        rows, message_rows, attached = await self.db.read(unit)
-        by_key = {(m["channel_id"], m["seq"]): records.with_media(records.message(m), attached) for m in message_rows}
+        rows, messages = await self.db.read(unit)
+        by_key = {(m.channel_id, m.seq): m for m in messages}
         events = []
         for row in rows:
             if row["kind"] == "message":
                 fields = by_key[(row["channel_id"], row["seq"])].to_json()
+            elif row["kind"] == "edit":
+                fields = by_key[(row["channel_id"], row["seq"])].edit_json()
             else:
                 fields = dict(row["data"] or {})
             events.append(InboxEvent(row["inbox_seq"], row["kind"], fields))

@@ -4,6 +4,13 @@ A send is one call of the SQL function ``chatd_send`` (a batch one of
 ``chatd_send_batch``): the message, its seq and its recipients' inbox rows
 commit in one round trip. Channels with more members than ``inbox_max``
 get no inbox rows (the outcome says ``large``).
+
+Replies and mentions (PROTOCOL §10) are further statements of the same
+transaction, around the untouched ``chatd_send_batch``: before it, each
+``reply_to`` is checked and resolved to its thread's root (a seq, once
+committed, exists for ever, so the check cannot go stale); after it, the sent
+replies get their root and the texts with an ``@`` their mentions. Neither
+locks an existing row: the send path's lock order is unchanged.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import asyncpg
 
 from chatd.db import media, push, records
 from chatd.db.bridge import Connection, Database
+from chatd.db.message_state import with_state
 from chatd.db.records import IS_MEMBER, MESSAGE_COLUMNS
-from chatd.errors import ChatdError, NotMember
+from chatd.errors import ChatdError, NotFound, NotMember
 from chatd.models import Ack, Message, SendOutcome, SendRequest
 
 _SEND = "SELECT status, channel_id, seq, created_at, user_ids, inbox_seqs FROM chatd_send($1, $2, $3, $4, $5)"
@@ -33,6 +41,28 @@ SELECT {MESSAGE_COLUMNS} FROM messages
 WHERE channel_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3
 """
 _MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = $1 AND seq = $2"
+_THREAD = f"""
+SELECT {MESSAGE_COLUMNS} FROM messages
+WHERE channel_id = $1 AND reply_to = $2 AND seq > $3 ORDER BY seq ASC LIMIT $4
+"""
+#: Per reply: is the sender a member, and the target's root (NULL: no such message).
+_REPLY_TARGETS = """
+SELECT k.i, mb.user_id IS NOT NULL AS member, coalesce(m.reply_to, m.seq) AS root
+FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bigint[]) AS k (i, sender, channel_id, seq)
+LEFT JOIN members mb ON mb.channel_id = k.channel_id AND mb.user_id = k.sender
+LEFT JOIN messages m ON m.channel_id = k.channel_id AND m.seq = k.seq
+"""
+_SET_REPLY_TO = """
+UPDATE messages m SET reply_to = k.root
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS k (channel_id, seq, root)
+WHERE m.channel_id = k.channel_id AND m.seq = k.seq
+"""
+_INSERT_MENTIONS = """
+INSERT INTO mentions (channel_id, seq, user_id)
+SELECT k.channel_id, k.seq, unnest(chatd_resolve_mentions(k.channel_id, k.text, $4))
+FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS k (channel_id, seq, text)
+RETURNING channel_id, seq, user_id
+"""
 
 
 class BatchFailed(Exception):
@@ -41,7 +71,10 @@ class BatchFailed(Exception):
     was stored, and each send may be retried on its own."""
 
 
-def _outcome(record: Any, client_msg_id: str) -> SendOutcome | ChatdError:
+def _outcome(
+    record: Any, request: SendRequest, roots: dict[int, int], mentioned: dict[tuple[int, int], list[int]]
+) -> SendOutcome | ChatdError:
+    client_msg_id = request.client_msg_id
     if record["status"] == "not_member":
         return NotMember("not a member of this channel")
     ack = Ack(
@@ -52,20 +85,76 @@ def _outcome(record: Any, client_msg_id: str) -> SendOutcome | ChatdError:
         duplicate=record["status"] == "duplicate",
     )
     # chatd_send's contract: a message sent with no recipients' inbox rows is a large channel's.
-    large = record["status"] == "sent" and not record["user_ids"]
-    return SendOutcome(ack, records.advances(record["user_ids"], record["inbox_seqs"]), large=large)
+    sent = record["status"] == "sent"
+    large = sent and not record["user_ids"]
+    key = (ack.channel_id, ack.seq)
+    return SendOutcome(
+        ack,
+        records.advances(record["user_ids"], record["inbox_seqs"]),
+        large=large,
+        reply_to=roots.get(id(request)) if sent else None,
+        mentions=tuple(mentioned.get(key, ())) if sent else (),
+    )
 
 
-async def _after_send(conn: Connection, found: Sequence[Any], requests: Sequence[SendRequest]) -> int:
+async def _reply_roots(conn: Connection, requests: Sequence[SendRequest]) -> tuple[dict[int, int], dict[int, NotFound]]:
+    """Each reply's thread root (by ``id(request)``), and the replies refused:
+    a member answering a seq that does not exist in the channel. A non-member's
+    reply is left to chatd_send_batch, which answers not_member (so that a
+    non-member learns nothing about the channel's seqs)."""
+    replies = [(i, r) for i, r in enumerate(requests) if r.reply_to is not None]
+    if not replies:
+        return {}, {}
+    found = await conn.fetch(
+        _REPLY_TARGETS,
+        [i for i, _ in replies],
+        [r.sender for _, r in replies],
+        [r.channel_id for _, r in replies],
+        [r.reply_to for _, r in replies],
+    )
+    roots: dict[int, int] = {}
+    refused: dict[int, NotFound] = {}
+    for row in found:
+        request = requests[row["i"]]
+        if row["root"] is not None:
+            roots[id(request)] = row["root"]
+        elif row["member"]:
+            refused[id(request)] = NotFound("reply_to: no such message in this channel")
+    return roots, refused
+
+
+async def _after_send(
+    conn: Connection, sent: Sequence[tuple[SendRequest, Any]], roots: dict[int, int], inbox_max: int
+) -> dict[tuple[int, int], list[int]]:
+    """The sent replies' roots and the sent texts' mentions; the mentioned users per (channel, seq)."""
+    replies = [(rec["channel_id"], rec["seq"], roots[id(req)]) for req, rec in sent if id(req) in roots]
+    if replies:
+        await conn.execute(_SET_REPLY_TO, *(list(col) for col in zip(*replies)))
+    texts = [(rec["channel_id"], rec["seq"], req.text) for req, rec in sent if "@" in req.text]
+    mentioned: dict[tuple[int, int], list[int]] = {}
+    if texts:
+        columns = [list(col) for col in zip(*texts)]
+        for row in await conn.fetch(_INSERT_MENTIONS, *columns, inbox_max):
+            mentioned.setdefault((row["channel_id"], row["seq"]), []).append(row["user_id"])
+    return mentioned
+
+
+async def _attach_and_push(
+    conn: Connection, sent: Sequence[tuple[SendRequest, Any]], mentioned: dict[tuple[int, int], list[int]]
+) -> int:
     """In the send's transaction, for each message newly sent: its media, and the pushes to
-    its recipients who are offline (``chatd_send_batch`` itself is left as it is).
-    Returns the number of pushes queued."""
-    sent = [(rec, req) for rec, req in zip(found, requests) if rec["status"] == "sent"]
-    await media.attach(conn, [(rec["channel_id"], rec["seq"], req.media) for rec, req in sent if req.media])
-    return await push.enqueue(conn, [
-        push.Recipient(user_id, rec["channel_id"], rec["seq"])
-        for rec, req in sent for user_id in rec["user_ids"] or () if user_id != req.sender
-    ])
+    its recipients who are offline, flagged when they are mentioned (``chatd_send_batch``
+    itself is left as it is). Returns the number of pushes queued."""
+    await media.attach(conn, [(rec["channel_id"], rec["seq"], req.media) for req, rec in sent if req.media])
+    recipients: list[push.Recipient] = []
+    for req, rec in sent:
+        named = mentioned.get((rec["channel_id"], rec["seq"]), ())
+        recipients.extend(
+            push.Recipient(user_id, rec["channel_id"], rec["seq"], mention=user_id in named)
+            for user_id in rec["user_ids"] or ()
+            if user_id != req.sender
+        )
+    return await push.enqueue(conn, recipients)
 
 
 class MessageStore:
@@ -81,17 +170,24 @@ class MessageStore:
             self.on_push_queued()
 
     async def send(self, request: SendRequest, inbox_max_members: int) -> SendOutcome:
-        """Commit one message with its seq and inbox entries (and its media and pushes) in one transaction."""
+        """Commit one message with its seq and inbox entries (and its reply root, mentions,
+        media and pushes) in one transaction."""
 
-        async def unit(conn: Connection) -> tuple[Any, int]:
+        async def unit(conn: Connection) -> tuple[SendOutcome | ChatdError, int]:
+            roots, refused = await _reply_roots(conn, [request])
+            if refused:
+                return refused[id(request)], 0
             record = await conn.fetchrow(
                 _SEND, request.sender, request.channel_id, request.client_msg_id, request.text, inbox_max_members
             )
-            return record, await _after_send(conn, [record], [request])
+            assert record is not None  # a function call always returns its row
+            sent = [(request, record)] if record["status"] == "sent" else []
+            mentioned = await _after_send(conn, sent, roots, inbox_max_members)
+            pushed = await _attach_and_push(conn, sent, mentioned)
+            return _outcome(record, request, roots, mentioned), pushed
 
-        record, pushed = await self.db.transaction(unit)
+        outcome, pushed = await self.db.transaction(unit)
         self._pushed(pushed)
-        outcome = _outcome(record, request.client_msg_id)
         if isinstance(outcome, ChatdError):
             raise outcome
         return outcome
@@ -106,53 +202,69 @@ class MessageStore:
         batch as a whole (nothing stored; each send may be retried alone).
         """
 
-        async def unit(conn: Connection) -> tuple[list[Any], int]:
-            found = list(
-                await conn.fetch(
-                    _SEND_BATCH,
-                    [r.sender for r in requests],
-                    [r.channel_id for r in requests],
-                    [r.client_msg_id for r in requests],
-                    [r.text for r in requests],
-                    inbox_max_members,
+        async def unit(conn: Connection) -> tuple[list[SendOutcome | ChatdError], int]:
+            roots, refused = await _reply_roots(conn, requests)
+            batch = [r for r in requests if id(r) not in refused]
+            found: list[Any] = []
+            if batch:
+                found = list(
+                    await conn.fetch(
+                        _SEND_BATCH,
+                        [r.sender for r in batch],
+                        [r.channel_id for r in batch],
+                        [r.client_msg_id for r in batch],
+                        [r.text for r in batch],
+                        inbox_max_members,
+                    )
                 )
-            )
-            return found, await _after_send(conn, found, requests)
+            sent = [(req, rec) for req, rec in zip(batch, found) if rec["status"] == "sent"]
+            mentioned = await _after_send(conn, sent, roots, inbox_max_members)
+            pushed = await _attach_and_push(conn, sent, mentioned)
+            by_request = {id(req): _outcome(rec, req, roots, mentioned) for req, rec in zip(batch, found)}
+            return [refused.get(id(r)) or by_request[id(r)] for r in requests], pushed
 
         try:
-            found, pushed = await self.db.transaction(unit)
+            outcomes, pushed = await self.db.transaction(unit)
         except asyncpg.PostgresError as exc:
             raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
         self._pushed(pushed)
-        return [_outcome(rec, req.client_msg_id) for rec, req in zip(found, requests)]
+        return outcomes
 
     async def history(
-        self, channel_id: int, user_id: int, *, before: int | None, after: int | None, limit: int
+        self,
+        channel_id: int,
+        user_id: int,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        thread: int | None = None,
     ) -> list[Message]:
-        """A member's page of the channel: after ``after`` oldest first, else before ``before`` newest first."""
+        """A member's page of the channel: after ``after`` oldest first, else before ``before`` newest first.
+
+        With ``thread``: the replies to that root, oldest first, after ``after``
+        (NotFound when the channel has no such message).
+        """
 
         async def unit(conn: Connection) -> list[Message]:
             if await conn.fetchval(IS_MEMBER, channel_id, user_id) is None:
                 raise NotMember("not a member of this channel")
-            if after is not None:
-                return await _with_media(conn, await conn.fetch(_HISTORY_AFTER, channel_id, after, limit))
-            bound = before if before is not None else 2**63 - 1
-            return await _with_media(conn, await conn.fetch(_HISTORY_BEFORE, channel_id, bound, limit))
+            if thread is not None:
+                if await conn.fetchrow(_MESSAGE, channel_id, thread) is None:
+                    raise NotFound("thread: no such message in this channel")
+                rows = await conn.fetch(_THREAD, channel_id, thread, after or 0, limit)
+            elif after is not None:
+                rows = await conn.fetch(_HISTORY_AFTER, channel_id, after, limit)
+            else:
+                bound = before if before is not None else 2**63 - 1
+                rows = await conn.fetch(_HISTORY_BEFORE, channel_id, bound, limit)
+            return await with_state(conn, rows, user_id)
 
         return await self.db.read(unit)
 
-    async def get(self, channel_id: int, seq: int) -> Message | None:
-        async def unit(conn: Connection) -> list[Message]:
-            return await _with_media(conn, await conn.fetch(_MESSAGE, channel_id, seq))
+    async def get(self, channel_id: int, seq: int, viewer: int | None = None) -> Message | None:
+        async def unit(conn: Connection) -> Message | None:
+            record = await conn.fetchrow(_MESSAGE, channel_id, seq)
+            return None if record is None else (await with_state(conn, [record], viewer))[0]
 
-        found = await self.db.read(unit)
-        return found[0] if found else None
-
-
-async def _with_media(conn: Connection, found: Sequence[Any]) -> list[Message]:
-    """Messages from their rows, with their media (one more statement when any were found)."""
-    messages = [records.message(r) for r in found]
-    if not messages:
-        return []
-    attached = await media.message_media(conn, [(m.channel_id, m.seq) for m in messages])
-    return [records.with_media(m, attached) for m in messages]
+        return await self.db.read(unit)

@@ -27,7 +27,9 @@ _APPEND_INBOX = "SELECT user_ids, inbox_seqs FROM chatd_append_inbox($1::bigint[
 _EXISTING_USERS = "SELECT id FROM users WHERE id = ANY($1::bigint[]) AND NOT disabled"
 
 #: The columns :func:`message` reads.
-MESSAGE_COLUMNS = "channel_id, seq, sender_id, client_msg_id, text, created_at"
+MESSAGE_COLUMNS = (
+    "channel_id, seq, sender_id, client_msg_id, text, created_at, reply_to, edited_at, deleted_at"
+)
 
 
 def user(record: Any) -> User:
@@ -60,6 +62,9 @@ def message(record: Any) -> Message:
         client_msg_id=record["client_msg_id"],
         text=record["text"],
         created_at=record["created_at"],
+        reply_to=record["reply_to"],
+        edited_at=record["edited_at"],
+        deleted=record["deleted_at"] is not None,
     )
 
 

@@ -15,7 +15,9 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -25,8 +27,9 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP, TSVECTOR
 
 metadata = MetaData()
 
@@ -95,8 +98,50 @@ messages = Table(
     Column("client_msg_id", Text, nullable=False),
     Column("text", Text, nullable=False),
     Column("created_at", TIMESTAMPTZ, nullable=False),
+    # 0006 (PROTOCOL §10): the thread's root, edit and deletion marks, the text's search vector.
+    Column("reply_to", BigInteger, nullable=True),
+    Column("edited_at", TIMESTAMPTZ, nullable=True),
+    Column("deleted_at", TIMESTAMPTZ, nullable=True),
+    Column("deleted_by", BigInteger, nullable=True),
+    Column("search", TSVECTOR, Computed("to_tsvector('simple'::regconfig, text)", persisted=True), nullable=True),
     PrimaryKeyConstraint("channel_id", "seq"),
     Index("messages_sender_client_msg_id_key", "sender_id", "client_msg_id", unique=True),
+    Index("messages_search_idx", "search", postgresql_using="gin"),
+    Index("messages_thread_idx", "channel_id", "reply_to", "seq", postgresql_where=text("reply_to IS NOT NULL")),
+)
+
+message_edits = Table(
+    "message_edits",
+    metadata,
+    Column("channel_id", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("edited_by", BigInteger, nullable=False),
+    Column("edited_at", TIMESTAMPTZ, nullable=False),
+    PrimaryKeyConstraint("channel_id", "seq", "version"),
+)
+
+reactions = Table(
+    "reactions",
+    metadata,
+    Column("channel_id", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("emoji", Text, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("created_at", TIMESTAMPTZ, nullable=False),
+    PrimaryKeyConstraint("channel_id", "seq", "emoji", "user_id"),
+)
+
+mentions = Table(
+    "mentions",
+    metadata,
+    Column("channel_id", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("id", BigInteger, Identity(always=True), nullable=False),
+    PrimaryKeyConstraint("channel_id", "seq", "user_id"),
+    Index("mentions_user_idx", "user_id", "id"),
 )
 
 inbox = Table(
@@ -109,7 +154,7 @@ inbox = Table(
     Column("seq", BigInteger, nullable=True),
     Column("data", JSONB, nullable=True),
     PrimaryKeyConstraint("user_id", "inbox_seq"),
-    CheckConstraint("kind IN ('message', 'receipt', 'member', 'channel')"),
+    CheckConstraint("kind IN ('message', 'receipt', 'member', 'channel', 'edit', 'delete', 'reaction')"),
 )
 
 nodes = Table(

@@ -12,6 +12,7 @@ import attrs
 
 from chatd.db.bridge import Database
 from chatd.db.channels import ChannelStore
+from chatd.db.conversation import ConversationStore
 from chatd.db.inbox import InboxStore
 from chatd.db.media import MediaStore
 from chatd.db.messages import MessageStore
@@ -29,6 +30,7 @@ class Stores:
     users: UserStore
     channels: ChannelStore
     messages: MessageStore
+    conversation: ConversationStore
     inbox: InboxStore
     nodes: NodeStore
     checks: Checks
@@ -44,6 +46,7 @@ class Stores:
             users=UserStore(db),
             channels=ChannelStore(db),
             messages=MessageStore(db),
+            conversation=ConversationStore(db),
             inbox=InboxStore(db),
             nodes=NodeStore(db),
             checks=Checks(db),

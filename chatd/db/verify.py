@@ -46,7 +46,7 @@ VERIFY_CHECKS: tuple[tuple[str, str], ...] = (
         """
         SELECT i.user_id, i.inbox_seq FROM inbox i
         LEFT JOIN messages m ON m.channel_id = i.channel_id AND m.seq = i.seq
-        WHERE i.kind = 'message' AND m.seq IS NULL LIMIT 10
+        WHERE i.kind IN ('message', 'edit', 'delete', 'reaction') AND m.seq IS NULL LIMIT 10
         """,
     ),
     (
@@ -101,6 +101,57 @@ VERIFY_CHECKS: tuple[tuple[str, str], ...] = (
             FROM media_blobs b LEFT JOIN media_blob_chunks bc ON bc.blob_sha256 = b.sha256
             GROUP BY b.sha256, b.size, b.chunk_count) b
         WHERE b.chunks <> b.chunk_count OR b.bytes <> b.size OR NOT coalesce(b.contiguous, true) LIMIT 10
+        """,
+    ),
+    # PROTOCOL §10. A deleted message stays as a tombstone (so "channel seq not
+    # contiguous" above covers "tombstones keep their seq"), with nothing left of it.
+    (
+        "deleted message still holds text, edit history, mentions, reactions or media",
+        """
+        SELECT m.channel_id, m.seq FROM messages m
+        WHERE m.deleted_at IS NOT NULL AND (
+            m.text <> ''
+            OR EXISTS (SELECT 1 FROM message_edits e WHERE e.channel_id = m.channel_id AND e.seq = m.seq)
+            OR EXISTS (SELECT 1 FROM mentions n WHERE n.channel_id = m.channel_id AND n.seq = m.seq)
+            OR EXISTS (SELECT 1 FROM reactions r WHERE r.channel_id = m.channel_id AND r.seq = m.seq)
+            OR EXISTS (SELECT 1 FROM message_media mm WHERE mm.channel_id = m.channel_id AND mm.seq = m.seq))
+        LIMIT 10
+        """,
+    ),
+    (
+        "edit history not 0..n, or the text not its last version",
+        """
+        SELECT e.channel_id, e.seq, count(*) AS versions, max(e.version) AS last FROM message_edits e
+        JOIN messages m ON m.channel_id = e.channel_id AND m.seq = e.seq
+        GROUP BY e.channel_id, e.seq, m.text
+        HAVING count(*) <> max(e.version) + 1 OR min(e.version) <> 0
+            OR m.text <> (array_agg(e.text ORDER BY e.version DESC))[1]
+        LIMIT 10
+        """,
+    ),
+    (
+        "edit history of a missing message",
+        """
+        SELECT e.channel_id, e.seq FROM message_edits e
+        LEFT JOIN messages m ON m.channel_id = e.channel_id AND m.seq = e.seq WHERE m.seq IS NULL LIMIT 10
+        """,
+    ),
+    (
+        # Reaction counts are counted from these rows when read (never stored), so
+        # they match by construction; what can go wrong is a row with no message.
+        "reaction or mention of a missing message",
+        """
+        SELECT r.channel_id, r.seq FROM (SELECT channel_id, seq FROM reactions UNION SELECT channel_id, seq FROM mentions) r
+        LEFT JOIN messages m ON m.channel_id = r.channel_id AND m.seq = r.seq WHERE m.seq IS NULL LIMIT 10
+        """,
+    ),
+    (
+        "reply not attached to an earlier root of its channel",
+        """
+        SELECT r.channel_id, r.seq, r.reply_to FROM messages r
+        LEFT JOIN messages root ON root.channel_id = r.channel_id AND root.seq = r.reply_to
+        WHERE r.reply_to IS NOT NULL AND (root.seq IS NULL OR root.reply_to IS NOT NULL OR r.reply_to >= r.seq)
+        LIMIT 10
         """,
     ),
 )

@@ -11,6 +11,11 @@ connected members, for its own writes straight from the writer, for other
 nodes' writes when their ``c:<channel>:<seq>`` hint arrives. Members who are
 offline read the channel's history; a frame dropped here (queue full) is
 likewise only latency, as history has the message.
+
+Changes to a large channel's messages (edit, delete, reaction; PROTOCOL §10)
+travel the same way: the ``x:`` hint (:class:`chatd.hints.MessageChanged`),
+which every node, the writing one included, turns into a live
+``{"type": "edit"|"delete"|"reaction", ...}`` frame for its connected members.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from chatd.db.channels import ChannelStore
 from chatd.db.messages import MessageStore
 from chatd.db.nodes import NodeStore
 from chatd.errors import Unavailable
+from chatd.hints import MessageChanged
 from chatd.hub import Hub
 from chatd.models import Message
 
@@ -85,7 +91,7 @@ class LiveFanout:
         self.channels = channels
         self.messages = messages
         self.hub = hub
-        self._in, self._out = trio.open_memory_channel[tuple[int, int, Message | None]](LIVE_QUEUE)
+        self._in, self._out = trio.open_memory_channel[tuple[int, int, Message | MessageChanged | None]](LIVE_QUEUE)
 
     def committed(self, message: Message) -> None:
         """A large channel's message this node just committed."""
@@ -95,7 +101,11 @@ class LiveFanout:
         """Another node committed a large channel's message."""
         self._enqueue(channel_id, seq, None)
 
-    def _enqueue(self, channel_id: int, seq: int, message: Message | None) -> None:
+    def changed(self, change: MessageChanged) -> None:
+        """Some node changed a large channel's message."""
+        self._enqueue(change.channel_id, change.seq, change)
+
+    def _enqueue(self, channel_id: int, seq: int, message: Message | MessageChanged | None) -> None:
         try:
             self._in.send_nowait((channel_id, seq, message))
         except trio.WouldBlock:
@@ -109,15 +119,27 @@ class LiveFanout:
             except Unavailable as exc:
                 log.warning("live fan-out of channel %d skipped: %s", channel_id, exc)
 
-    async def _push(self, channel_id: int, seq: int, message: Message | None) -> None:
+    async def _push(self, channel_id: int, seq: int, message: Message | MessageChanged | None) -> None:
         online = self.hub.connected_users()
         if not online:
             return
         members = await self.channels.members_among(channel_id, online)
         if not members:
             return
+        if isinstance(message, MessageChanged):
+            await self._push_change(members, message)
+            return
         if message is None:
             message = await self.messages.get(channel_id, seq)
             if message is None:
                 return
         self.hub.push_live(members, message)
+
+    async def _push_change(self, members: list[int], change: MessageChanged) -> None:
+        fields: dict[str, object] = {"channel_id": change.channel_id, "seq": change.seq, **dict(change.fields)}
+        if change.kind == "edit":
+            current = await self.messages.get(change.channel_id, change.seq)
+            if current is None:
+                return
+            fields = current.edit_json()
+        self.hub.push_change(members, change.kind, fields)

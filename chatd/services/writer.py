@@ -129,6 +129,8 @@ class SendWriter:
             text=request.text,
             created_at=outcome.ack.created_at,
             media=request.media,
+            reply_to=outcome.reply_to,
+            mentions=outcome.mentions,
         )
         if outcome.large:
             # No inbox rows: its online members get a live frame.

@@ -20,11 +20,12 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestTimeout
 
-from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, TooLarge, Unauthorized
+from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, TooLarge, Unauthorized, Unavailable
 from chatd.limits import ID_MAX
 from chatd.models import Channel, Principal
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
+from chatd.services.conversation import ConversationService
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.presence import PresenceService
@@ -44,7 +45,7 @@ SYNC_PAGE_MAX = 1000
 #: ``GET /v1/presence?user_ids=``: at most as many ids as a ``presence_subscribe``.
 MAX_PRESENCE_USER_IDS = 500
 #: What a CORS preflight allows (every method and request header the API uses).
-CORS_METHODS = "GET, POST, PATCH, DELETE"
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE"
 CORS_HEADERS = "Authorization, Content-Type"
 CORS_MAX_AGE_S = "600"
 
@@ -154,6 +155,7 @@ def build_http_app(
     receipts: ReceiptService | None = None,
     presence: PresenceService | None = None,
     max_group_members: int,
+    conversation: ConversationService | None = None,
     origins: OriginPolicy | None = None,
     body_timeout_s: float = 30.0,
     push: PushService | None = None,
@@ -375,11 +377,14 @@ def build_http_app(
         channel_id = params.path_id(raw_id, "channel_id")
         before = params.query_int(request.args, "before", default=None, low=0, high=ID_MAX)
         after = params.query_int(request.args, "after", default=None, low=0, high=ID_MAX)
+        thread = params.query_int(request.args, "thread", default=None, low=1, high=ID_MAX)
         if before is not None and after is not None:
             raise Invalid("before and after: give one, not both")
+        if thread is not None and before is not None:
+            raise Invalid("thread: pages with after, oldest first")
         limit = params.query_int(request.args, "limit", default=50, low=1, high=200)
         assert limit is not None
-        found = await messages.history(who, channel_id, before=before, after=after, limit=limit)
+        found = await messages.history(who, channel_id, before=before, after=after, limit=limit, thread=thread)
         return ok({"messages": [m.to_json() for m in found]})
 
     @app.post("/v1/channels/<raw_id>/messages")
@@ -391,8 +396,10 @@ def build_http_app(
         text = params.string(data, "text", max_len=1 << 20, allow_empty=True)
         media = data.get("media_ids")
         media_ids = [] if media is None else params.id_list(media, "media_ids", 10)
+        reply = data.get("reply_to")
+        reply_to = None if reply is None else params.id_value(reply, "reply_to")
         assert client_msg_id is not None and text is not None
-        ack = await messages.send(who, channel_id, client_msg_id, text, media_ids)
+        ack = await messages.send(who, channel_id, client_msg_id, text, media_ids, reply_to)
         return ok(ack.to_json(), 200 if ack.duplicate else 201)
 
     if receipts is not None:
@@ -424,6 +431,55 @@ def build_http_app(
             user_ids = params.id_csv(request.args.get("user_ids", ""), "user_ids", MAX_PRESENCE_USER_IDS)
             states = await presence_service.states(user_ids)
             return ok({"presence": [s.to_json() for s in states]})
+
+    def conversation_service() -> ConversationService:
+        if conversation is None:
+            raise Unavailable("conversation features are not configured")
+        return conversation
+
+    @app.patch("/v1/channels/<raw_id>/messages/<raw_seq>")
+    async def edit_message(raw_id: str, raw_seq: str) -> Response:
+        who = await principal()
+        channel_id, seq = params.path_id(raw_id, "channel_id"), params.path_id(raw_seq, "seq")
+        data = await body()
+        text = params.string(data, "text", max_len=1 << 20, allow_empty=True)
+        assert text is not None
+        message = await conversation_service().edit(who, channel_id, seq, text)
+        return ok(message.to_json())
+
+    @app.delete("/v1/channels/<raw_id>/messages/<raw_seq>")
+    async def delete_message(raw_id: str, raw_seq: str) -> Response:
+        who = await principal()
+        channel_id, seq = params.path_id(raw_id, "channel_id"), params.path_id(raw_seq, "seq")
+        await conversation_service().delete(who, channel_id, seq)
+        return Response("", status=204)
+
+    @app.route("/v1/channels/<raw_id>/messages/<raw_seq>/reactions/<emoji>", methods=["PUT", "DELETE"])
+    async def react(raw_id: str, raw_seq: str, emoji: str) -> Response:
+        who = await principal()
+        channel_id, seq = params.path_id(raw_id, "channel_id"), params.path_id(raw_seq, "seq")
+        await conversation_service().react(who, channel_id, seq, emoji, add=request.method == "PUT")
+        return Response("", status=204)
+
+    @app.get("/v1/search")
+    async def search() -> Response:
+        who = await principal()
+        query = request.args.get("q", "")
+        channel_id = params.query_int(request.args, "channel_id", default=None, low=1, high=ID_MAX)
+        before = params.query_int(request.args, "before", default=None, low=0, high=ID_MAX)
+        limit = params.query_int(request.args, "limit", default=50, low=1, high=200)
+        assert limit is not None
+        found = await conversation_service().search(who, query, channel_id, before, limit)
+        return ok({"results": [m.to_json() for m in found]})
+
+    @app.get("/v1/mentions")
+    async def mentions() -> Response:
+        who = await principal()
+        before = params.query_int(request.args, "before", default=None, low=0, high=ID_MAX)
+        limit = params.query_int(request.args, "limit", default=50, low=1, high=200)
+        assert limit is not None
+        found = await conversation_service().mentions(who, before, limit)
+        return ok({"messages": [{**m.to_json(), "mention_id": mention_id} for mention_id, m in found]})
 
     @app.get("/v1/sync")
     async def sync() -> Response:

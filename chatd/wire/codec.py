@@ -309,12 +309,15 @@ def _decode_send(fields: _Fields, ref: str | None) -> SendFrame:
     if len(set(media_ids)) != len(media_ids):
         raise _FieldError("media_ids must not repeat an id")
 
+    reply_to = None if fields.get("reply_to") is None else _id(fields, "reply_to")
+
     return SendFrame(
         channel_id=channel_id,
         client_msg_id=client_msg_id,
         text=text,
         media_ids=tuple(media_ids),
         ref=ref,
+        reply_to=reply_to,
     )
 
 

@@ -109,7 +109,7 @@ class SyncFrame:
 
 @attrs.frozen
 class SendFrame:
-    """``{"type": "send", "channel_id", "client_msg_id", "text", "media_ids"?}``.
+    """``{"type": "send", "channel_id", "client_msg_id", "text", "media_ids"?, "reply_to"?}``.
 
     ``text`` is only checked for type and storability here (no NUL, no lone
     surrogate); its length limit belongs to the send service.
@@ -122,6 +122,13 @@ class SendFrame:
     text: str = attrs.field(validator=attrs.validators.instance_of(str))
     media_ids: tuple[int, ...] = attrs.field(default=(), validator=_check_id_tuple(MAX_MEDIA_IDS))
     ref: str | None = attrs.field(default=None, validator=_check_ref)
+    #: The seq this message answers (PROTOCOL §10), in the same channel.
+    reply_to: int | None = attrs.field(default=None)
+
+    @reply_to.validator
+    def _check_reply_to(self, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is not None:
+            _check_id(self, attribute, value)  # type: ignore[arg-type]
 
     @client_msg_id.validator
     def _check_client_msg_id(self, _attribute: attrs.Attribute[str], value: str) -> None:
@@ -137,6 +144,8 @@ class SendFrame:
         }
         if self.media_ids:
             d["media_ids"] = list(self.media_ids)
+        if self.reply_to is not None:
+            d["reply_to"] = self.reply_to
         if self.ref is not None:
             d["ref"] = self.ref
         return d

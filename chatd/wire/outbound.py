@@ -104,6 +104,18 @@ class LiveMessage:
 
 
 @attrs.frozen
+class LiveChange:
+    """A change to a large channel's message, live and not persisted (PROTOCOL.md §10):
+    ``{"type": "edit"|"delete"|"reaction", ...the event's fields}``."""
+
+    kind: str
+    fields: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, **self.fields}
+
+
+@attrs.frozen
 class ReceiptUpdate:
     """A large channel's watermark moved: live, not persisted (PROTOCOL §3, §5)."""
 
@@ -139,6 +151,6 @@ class PresenceFrame:
 
 
 ServerFrame: TypeAlias = (
-    Welcome | Synced | AckFrame | ErrorFrame | Pong | Reconnect | LiveMessage | ReceiptUpdate | TypingNotice
-    | PresenceFrame
+    Welcome | Synced | AckFrame | ErrorFrame | Pong | Reconnect | LiveMessage | LiveChange | ReceiptUpdate
+    | TypingNotice | PresenceFrame
 )

@@ -37,7 +37,7 @@ import logging
 import math
 import random
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -59,7 +59,7 @@ from chatd.wire.frames import (
     TypingFrame,
 )
 from chatd.ws.live import ConnectionLive, LiveServices
-from chatd.wire.outbound import AckFrame, ErrorFrame, LiveMessage, Pong, Reconnect, ServerFrame, Synced, Welcome
+from chatd.wire.outbound import AckFrame, ErrorFrame, LiveChange, LiveMessage, Pong, Reconnect, ServerFrame, Synced, Welcome
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class Session:
     async def _send_one(self, frame: SendFrame) -> AckFrame | ErrorFrame:
         try:
             ack = await self.messages.send(
-                self.principal, frame.channel_id, frame.client_msg_id, frame.text, frame.media_ids
+                self.principal, frame.channel_id, frame.client_msg_id, frame.text, frame.media_ids, frame.reply_to
             )
         except RateLimited as exc:
             return ErrorFrame(exc.code, exc.message, frame.ref, math.ceil(exc.retry_after_s * 1000))
@@ -420,6 +420,10 @@ class Session:
     def push_message(self, message: Message) -> None:
         """A large channel's message, live (from the hub): see :meth:`offer`."""
         self.offer(LiveMessage(message))
+
+    def push_change(self, kind: str, fields: dict[str, Any]) -> None:
+        """A change to a large channel's message, live (from the hub): see :meth:`offer`."""
+        self.offer(LiveChange(kind, fields))
 
     def offer(self, frame: ServerFrame) -> None:
         """Queue a frame without waiting (for callers outside this connection): a full
