@@ -28,7 +28,7 @@ from chatd.services.channels import ChannelService
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.users import UserService
-from chatd.web import params
+from chatd.web import params, static_files
 from chatd.web.http_errors import code_for_status, error_body
 from chatd.web.origins import OriginPolicy
 
@@ -265,6 +265,8 @@ def build_http_app(
         if len(set(ids)) > max_group_members:
             raise TooLarge(f"a group has at most {max_group_members} members")
         return ids
+
+    static_files.install(app)  # the web client at / (PROTOCOL §11)
 
     @app.get("/healthz")
     async def healthz() -> Response:
