@@ -11,6 +11,7 @@ fails at teardown if there was one.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -61,6 +62,17 @@ class Site:
     url: str
     db_url: str
     proc: subprocess.Popen[bytes]
+    #: Contract routes this server does not answer yet (their issue is not merged): the
+    #: client's calls to them fail with a 404 that Chromium logs, which is tolerated
+    #: only while the route is missing.
+    missing: list[re.Pattern[str]] = attrs.field(factory=list)
+
+    def probe(self) -> None:
+        routes = {"/v1/channels/1/receipts?seq=1": r"/v1/channels/\d+/receipts"}
+        with httpx.Client(base_url=self.url) as http:
+            for path, pattern in routes.items():
+                if http.get(path).status_code == 404:  # an existing route says 401 to no token
+                    self.missing.append(re.compile(pattern))
 
     @property
     def port(self) -> int:
@@ -114,7 +126,9 @@ def start_site(db_url: str, cwd: Path) -> Iterator[Site]:
         line = proc.stdout.readline()
         url = listening_url(line)
         assert url is not None, f"chatd serve did not start: {(cwd / 'serve.log').read_text()}"
-        yield Site(url, db_url, proc)
+        site = Site(url, db_url, proc)
+        site.probe()
+        yield site
     finally:
         proc.terminate()
         try:
@@ -150,15 +164,31 @@ class Web:
             if not request.url.startswith((origin + "/", "data:", "blob:")):
                 self.foreign.append(request.url)
 
+        sent: list[dict[str, Any]] = []
+
+        def on_frame(payload: Any) -> None:
+            if isinstance(payload, str):
+                sent.append(json.loads(payload))
+
         def on_websocket(ws: Any) -> None:
             if not ws.url.startswith(ws_origin + "/"):
                 self.foreign.append(ws.url)
+            ws.on("framesent", on_frame)
 
         context.on("request", on_request)
         page.on("websocket", on_websocket)
-        page.on("console", lambda msg: msg.type == "error" and self.errors.append(f"{origin}: {msg.text}"))
+        def on_console(msg: Any) -> None:
+            if msg.type != "error":
+                return
+            where = msg.location.get("url", "") if isinstance(msg.location, dict) else ""
+            if "404" in msg.text and any(p.search(where) for p in self.site.missing):
+                return
+            self.errors.append(f"{origin}: {msg.text} ({where})")
+
+        page.on("console", on_console)
         page.on("pageerror", lambda exc: self.errors.append(f"{origin}: uncaught {exc}"))
         page.relay = relay
+        page.sent_frames = sent  # every frame the page sent on any of its WebSockets
         page.goto("/")
         if user is not None:
             login(page, user)

@@ -575,7 +575,7 @@ export class App {
       const status = other && this.presence.get(other);
       const dot = c.kind === 'dm'
         ? h('span', {class: `dot ${status && status.status === 'online' ? 'online' : ''}`, 'aria-hidden': 'true'})
-        : h('span', {class: 'hash', 'aria-hidden': 'true'}, '#');
+        : h('span', {class: 'hash', 'aria-hidden': 'true'});  // '#' drawn by the stylesheet
       const link = h('a', {href: `#c${id}`, 'aria-current': open ? 'page' : null,
         'aria-describedby': unread ? `badge-${id}` : null}, dot, this.channelName(c));
       this.list.append(h('li', {class: open ? 'current' : ''}, link,
