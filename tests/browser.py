@@ -68,7 +68,10 @@ class Site:
     missing: list[re.Pattern[str]] = attrs.field(factory=list)
 
     def probe(self) -> None:
-        routes = {"/v1/channels/1/receipts?seq=1": r"/v1/channels/\d+/receipts"}
+        routes = {
+            "/v1/channels/1/receipts?seq=1": r"/v1/channels/\d+/receipts",  # issue 9
+            "/v1/push/vapid": r"/v1/push/vapid$",  # issue 10
+        }
         with httpx.Client(base_url=self.url) as http:
             for path, pattern in routes.items():
                 if http.get(path).status_code == 404:  # an existing route says 401 to no token
@@ -151,12 +154,15 @@ class Web:
         self.foreign: list[str] = []
         self.cuts_network = False
 
-    def open(self, user: User | None = None, *, viewport: dict[str, int] | None = None) -> Any:
+    def open(self, user: User | None = None, *, viewport: dict[str, int] | None = None,
+             init_script: str | None = None) -> Any:
         relay = Relay(self.site.port)
         self.relays.append(relay)
         context = self.browser.new_context(base_url=relay.url, viewport=viewport or {"width": 1200, "height": 800})
         self.contexts.append(context)
         page = context.new_page()
+        if init_script is not None:
+            page.add_init_script(init_script)
         origin = relay.url
         ws_origin = origin.replace("http://", "ws://")
 

@@ -440,6 +440,36 @@ def test_keyboard_and_phone_width(site: Site, web: Web) -> None:
     expect(article(open_channel(pb, "general"), "line two")).to_be_visible()
 
 
+#: Stands in for the Notification API (headless Chromium shows none): permission granted,
+#: every notification recorded.
+FAKE_NOTIFICATIONS = """
+window.shown = [];
+window.Notification = class {
+  constructor(title, options) { window.shown.push(title + ' | ' + ((options && options.body) || '')); }
+  close() {}
+  static get permission() { return 'granted'; }
+  static requestPermission() { return Promise.resolve('granted'); }
+};
+"""
+
+
+def test_desktop_notification_for_a_channel_not_open_and_quiet_push_failure(site: Site, web: Web) -> None:
+    (alice, bob), channel_id = site.seed("alice", "bob")
+    assert channel_id is not None
+    pb = web.open(bob, init_script=FAKE_NOTIFICATIONS)
+    expect(channel_link(pb, "general")).to_be_visible()
+    # Permission granted: the client tried Web Push, which has no push service here, and
+    # said nothing about it (the harness fails on any console error).
+    expect(pb.get_by_role("button", name="Enable notifications")).to_be_hidden()
+    post(site, alice, channel_id, "ping for bob")
+    wait_for(lambda: pb.evaluate("window.shown.length") == 1, "one notification")
+    assert pb.evaluate("window.shown[0]") == "Alice in general | ping for bob"
+    open_channel(pb, "general")
+    post(site, alice, channel_id, "seen in the open channel")
+    expect(article(pb.get_by_role("log", name="general"), "seen in the open channel")).to_be_visible()
+    assert pb.evaluate("window.shown.length") == 1  # the open, focused channel is not notified
+
+
 def test_login_form_refuses_a_wrong_password_politely(site: Site, web: Web) -> None:
     (alice,), _ = site.seed("alice", group=None)
     page = web.open()
