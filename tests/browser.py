@@ -37,6 +37,9 @@ PASSWORD = "correct horse 1"
 _names = itertools.count(1)
 #: What a deliberately cut connection makes Chromium print; allowed only where a test cuts.
 NETWORK_ERRORS = re.compile(r"WebSocket connection to .* failed|net::ERR_|Failed to load resource: net::")
+#: Chromium's own notice when a page calls pushManager.subscribe() in a context without a
+#: profile (every Playwright context is one): the environment, not the client, so tolerated.
+INCOGNITO_PUSH = "does not support the Push API in incognito mode"
 
 
 def find_chromium() -> str | None:
@@ -188,6 +191,8 @@ class Web:
                 return
             where = msg.location.get("url", "") if isinstance(msg.location, dict) else ""
             if "404" in msg.text and any(p.search(where) for p in self.site.missing):
+                return
+            if INCOGNITO_PUSH in msg.text:
                 return
             self.errors.append(f"{origin}: {msg.text} ({where})")
 
