@@ -470,6 +470,18 @@ def test_desktop_notification_for_a_channel_not_open_and_quiet_push_failure(site
     assert pb.evaluate("window.shown.length") == 1  # the open, focused channel is not notified
 
 
+def test_a_revoked_session_returns_to_the_login_form(site: Site, web: Web) -> None:
+    (alice,), _ = site.seed("alice")
+    pa = web.open(alice)
+    expect(channel_link(pa, "general")).to_be_visible()
+    token = pa.evaluate("JSON.parse(localStorage.getItem('chatd.session')).token")
+    with httpx.Client(base_url=site.url, headers={"Authorization": f"Bearer {token}"}) as http:
+        assert http.post("/v1/logout").status_code == 204  # e.g. an admin's `chatd user passwd`
+    expect(pa.get_by_role("button", name="Log in")).to_be_visible()
+    assert pa.evaluate("localStorage.getItem('chatd.session')") is None
+    web.errors = [e for e in web.errors if "401" not in e and "WebSocket" not in e]
+
+
 def test_login_form_refuses_a_wrong_password_politely(site: Site, web: Web) -> None:
     (alice,), _ = site.seed("alice", group=None)
     page = web.open()

@@ -37,6 +37,7 @@ export class App {
     this.lastTyping = 0;
     this.typers = new Map();
     this.replyTo = null;
+    this.failures = 0;
     this.mediaUrls = new Map();
     this.notifier = new Notifier(this.api, session.device_id);
     this.buildShell();
@@ -62,14 +63,8 @@ export class App {
   // --- start and stop ----------------------------------------------------------------------
 
   async start() {
-    try {
-      this.profile = await this.api.get('/v1/me');
-    } catch (e) {
-      if (e.status !== 401) this.setConn('The server cannot be reached; retrying…');
-      if (e.status === 401) return;
-    }
-    this.meName.textContent = this.profile ? this.profile.display_name || this.profile.username : '';
-    this.conn.start();
+    this.conn.start();  // in parallel with /v1/me: the channel list waits for the welcome, not for this
+    this.loadProfile();
     this.onFocus = () => this.maybeRead();
     window.addEventListener('focus', this.onFocus);
     document.addEventListener('visibilitychange', this.onFocus);
@@ -84,6 +79,13 @@ export class App {
     document.removeEventListener('visibilitychange', this.onFocus);
     window.removeEventListener('hashchange', this.onHash);
     for (const url of this.mediaUrls.values()) if (typeof url === 'string') URL.revokeObjectURL(url);
+  }
+
+  async loadProfile() {
+    try {
+      this.profile = await this.api.get('/v1/me');
+      this.meName.textContent = this.profile.display_name || this.profile.username;
+    } catch (e) { /* a 401 logs out (Api.onUnauthorized); otherwise the name shows after a reconnect */ }
   }
 
   async logout() {
@@ -117,6 +119,14 @@ export class App {
 
   onConnState(state) {
     if (state !== 'online') this.inflight.clear();
+    if (state === 'online') {
+      this.failures = 0;
+      if (!this.profile) this.loadProfile();
+    } else if (state === 'offline' && ++this.failures % 3 === 0) {
+      // A refused upgrade (a revoked token) looks like a network failure to a page:
+      // ask over HTTP, whose 401 logs out.
+      this.api.get('/v1/me').catch(() => {});
+    }
     this.setConn(state === 'online' ? '' : state === 'connecting' ? 'Connecting…' : 'Offline — reconnecting…');
   }
 
