@@ -347,6 +347,12 @@ def test_edit_delete_react_reply(site: Site, web: Web) -> None:
     send(pb, "a reply")
     expect(article(la, "a reply")).to_contain_text("Alice: first post")
     expect(la.get_by_role("article").first).to_contain_text("1 reply")  # the root counts its replies
+    la.get_by_role("button", name="1 reply").click()
+    thread = pa.get_by_role("region", name="Thread")
+    expect(thread.get_by_role("article")).to_have_count(2)
+    expect(thread.get_by_role("article").last).to_contain_text("a reply")
+    thread.get_by_role("button", name="Close thread").click()
+    expect(la).to_be_visible()
 
     send(pa, "to be deleted")
     doomed = article(la, "to be deleted")

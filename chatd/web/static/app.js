@@ -839,6 +839,7 @@ export class App {
           await this.refetchMessage(m.channel_id, m.seq);
           break;
         case 'reply': this.setReply(m); break;
+        case 'thread': await this.showThread(m); break;
         case 'edit': v.editing = key; v.editDraft = null; this.rerender(key); break;
         case 'draft': v.editDraft = arg; break;
         case 'cancel-edit': v.editing = null; this.rerender(key); this.input.focus(); break;
@@ -891,10 +892,33 @@ export class App {
     return this.mediaUrls.get(id);
   }
 
+  // --- a thread: the root and its replies (GET ...messages?thread=) -------------------------
+
+  async showThread(root) {
+    const {messages} = await this.api.get(`/v1/channels/${root.channel_id}/messages?thread=${root.seq}&limit=200`);
+    const ctx = {...this.context(), editing: null, picker: null, act: (action, m) => {
+      if (action === 'reply') { this.closeSearch(); this.setReply(root); }
+    }};
+    const close = h('button', {type: 'button', onclick: () => this.closeSearch()}, 'Close thread');
+    clear(this.results).append(
+      h('header', {}, h('h2', {}, `Thread: ${this.nameOf(root.sender_id)}`), close),
+      h('div', {class: 'thread'}, [root, ...messages].map((m) => {
+        const el = renderMessage({...m, reply_count: 0}, ctx);
+        el.querySelector('.actions')?.replaceChildren(
+          h('button', {type: 'button', onclick: () => { this.closeSearch(); this.setReply(root); }}, 'Reply'));
+        return el;
+      })));
+    this.results.setAttribute('aria-label', 'Thread');
+    this.results.hidden = false;
+    this.chat.hidden = true;
+    close.focus();
+  }
+
   // --- search ------------------------------------------------------------------------------
 
   async runSearch(q) {
     if (!q) { this.closeSearch(); return; }
+    this.results.setAttribute('aria-label', 'Search results');
     clear(this.results).append(h('header', {}, h('h2', {}, `Results for “${q}”`),
       h('button', {type: 'button', onclick: () => this.closeSearch()}, 'Close search')));
     this.results.hidden = false;

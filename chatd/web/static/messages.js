@@ -14,6 +14,7 @@ export function renderMessage(m, ctx) {
   if (own) classes.push('own');
   if (m.deleted) classes.push('deleted');
   if (m.failed) classes.push('failed');
+  if ((m.mentions || []).includes(ctx.me)) classes.push('mention');
   const body = [];
   if (m.reply_to) {
     const quoted = ctx.quote(m.reply_to);
@@ -35,7 +36,8 @@ export function renderMessage(m, ctx) {
     }, `${r.emoji} ${r.count}`))));
   }
   if (m.reply_count > 0) {
-    body.push(h('p', {class: 'replies'}, m.reply_count === 1 ? '1 reply' : `${m.reply_count} replies`));
+    body.push(h('button', {type: 'button', class: 'replies', onclick: () => ctx.act('thread', m)},
+      m.reply_count === 1 ? '1 reply' : `${m.reply_count} replies`));
   }
   if (ctx.picker === key) {
     body.push(h('div', {class: 'picker', role: 'group', 'aria-label': 'Choose a reaction'},
