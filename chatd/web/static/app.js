@@ -10,6 +10,7 @@ import {Connection} from './conn.js';
 import {h, clear, randomId} from './dom.js';
 import {keyOf, renderMessage, tickEl} from './messages.js';
 import {PeoplePicker} from './people.js';
+import {runSearch, showThread} from './panels.js';
 import {Notifier} from './notify.js';
 
 const PAGE = 50;
@@ -892,53 +893,11 @@ export class App {
     return this.mediaUrls.get(id);
   }
 
-  // --- a thread: the root and its replies (GET ...messages?thread=) -------------------------
+  // --- the side panel: a thread or search results (panels.js) --------------------------------
 
-  async showThread(root) {
-    const {messages} = await this.api.get(`/v1/channels/${root.channel_id}/messages?thread=${root.seq}&limit=200`);
-    const ctx = {...this.context(), editing: null, picker: null, act: (action, m) => {
-      if (action === 'reply') { this.closeSearch(); this.setReply(root); }
-    }};
-    const close = h('button', {type: 'button', onclick: () => this.closeSearch()}, 'Close thread');
-    clear(this.results).append(
-      h('header', {}, h('h2', {}, `Thread: ${this.nameOf(root.sender_id)}`), close),
-      h('div', {class: 'thread'}, [root, ...messages].map((m) => {
-        const el = renderMessage({...m, reply_count: 0}, ctx);
-        el.querySelector('.actions')?.replaceChildren(
-          h('button', {type: 'button', onclick: () => { this.closeSearch(); this.setReply(root); }}, 'Reply'));
-        return el;
-      })));
-    this.results.setAttribute('aria-label', 'Thread');
-    this.results.hidden = false;
-    this.chat.hidden = true;
-    close.focus();
-  }
+  showThread(root) { return showThread(this, root); }
 
-  // --- search ------------------------------------------------------------------------------
-
-  async runSearch(q) {
-    if (!q) { this.closeSearch(); return; }
-    this.results.setAttribute('aria-label', 'Search results');
-    clear(this.results).append(h('header', {}, h('h2', {}, `Results for “${q}”`),
-      h('button', {type: 'button', onclick: () => this.closeSearch()}, 'Close search')));
-    this.results.hidden = false;
-    this.chat.hidden = true;
-    this.empty.hidden = true;
-    this.shell.classList.add('show-chat');
-    try {
-      const {results} = await this.api.get(`/v1/search?q=${encodeURIComponent(q)}&limit=50`);
-      const list = h('ul', {});
-      for (const r of results) {
-        const ch = this.channels.get(r.channel_id);
-        list.append(h('li', {}, h('button', {type: 'button', class: 'result', onclick: () => this.openChannel(r.channel_id)},
-          h('span', {class: 'where'}, `${ch ? this.channelName(ch) : 'channel'} · ${this.nameOf(r.sender_id)}`),
-          h('span', {class: 'text'}, r.text))));
-      }
-      this.results.append(results.length ? list : h('p', {}, 'No messages found.'));
-    } catch (e) {
-      this.results.append(h('p', {class: 'error'}, `Search failed: ${e.message}`));
-    }
-  }
+  runSearch(q) { return runSearch(this, q); }
 
   closeSearch() {
     if (this.results.hidden) return;
