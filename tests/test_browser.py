@@ -27,6 +27,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 expect = sync_api.expect
 expect.set_options(timeout=20_000)
 
+#: A tick once the server acknowledged the send.
+SETTLED = re.compile("^(sent|delivered|read)$")
 ISSUE_9 = pytest.mark.xfail(strict=False, reason="server side of issue 9 not merged yet")
 ISSUE_10 = pytest.mark.xfail(strict=False, reason="server side of issue 10 not merged yet")
 ISSUE_11 = pytest.mark.xfail(strict=False, reason="server side of issue 11 not merged yet")
@@ -74,6 +76,14 @@ def send(page: Any, text: str) -> None:
 
 def article(log: Any, text: str) -> Any:
     return log.get_by_role("article").filter(has_text=text)
+
+
+def chatting_pair(site: Site, web: Web) -> tuple[User, int, Any, Any, Any, Any]:
+    """Alice and Bob in "general", each with it open in a page: (alice, channel, pa, pb, la, lb)."""
+    (alice, bob), channel_id = site.seed("alice", "bob")
+    assert channel_id is not None
+    pa, pb = web.open(alice), web.open(bob)
+    return alice, channel_id, pa, pb, open_channel(pa, "general"), open_channel(pb, "general")
 
 
 def post(site: Site, user: User, channel_id: int, text: str) -> dict[str, Any]:
@@ -138,7 +148,7 @@ def test_two_users_chat_live(site: Site, web: Web) -> None:
     la, lb = open_channel(pa, "general"), open_channel(pb, "general")
     send(pa, "hello bob")
     expect(article(lb, "hello bob")).to_contain_text("Alice")
-    expect(article(la, "hello bob").get_by_role("status", name=re.compile("^(sent|delivered|read)$"))).to_be_visible()
+    expect(article(la, "hello bob").get_by_role("status", name=SETTLED)).to_be_visible()
     send(pb, "hi alice")
     expect(article(la, "hi alice")).to_contain_text("Bob")
     expect(la.get_by_role("article")).to_have_count(2)
@@ -231,10 +241,7 @@ def test_offline_catch_up_without_duplicates_or_loss(site: Site, web: Web) -> No
 
 def test_send_made_offline_is_delivered_exactly_once(site: Site, web: Web) -> None:
     web.cuts_network = True
-    (alice, bob), channel_id = site.seed("alice", "bob")
-    assert channel_id is not None
-    pa, pb = web.open(alice), web.open(bob)
-    la, lb = open_channel(pa, "general"), open_channel(pb, "general")
+    alice, channel_id, pa, pb, la, lb = chatting_pair(site, web)
     pa.relay.down()
     expect(pa.get_by_text(re.compile("Offline|Connecting"))).to_be_visible()
     send(pa, "written offline")
@@ -243,7 +250,7 @@ def test_send_made_offline_is_delivered_exactly_once(site: Site, web: Web) -> No
     time.sleep(0.5)
     assert "written offline" not in site.texts(alice, channel_id)
     pa.relay.restore()
-    expect(mine.get_by_role("status")).to_have_accessible_name(re.compile("^(sent|delivered|read)$"))
+    expect(mine.get_by_role("status")).to_have_accessible_name(SETTLED)
     expect(article(lb, "written offline")).to_have_count(1)
     expect(mine).to_have_count(1)
     assert site.texts(alice, channel_id).count("written offline") == 1
@@ -251,17 +258,14 @@ def test_send_made_offline_is_delivered_exactly_once(site: Site, web: Web) -> No
 
 def test_send_whose_ack_is_lost_is_retried_and_shown_once(site: Site, web: Web) -> None:
     web.cuts_network = True
-    (alice, bob), channel_id = site.seed("alice", "bob")
-    assert channel_id is not None
-    pa, pb = web.open(alice), web.open(bob)
-    la, lb = open_channel(pa, "general"), open_channel(pb, "general")
+    alice, channel_id, pa, pb, la, lb = chatting_pair(site, web)
     pa.relay.hold_downstream = True  # the server's answers to alice vanish from here on
     send(pa, "ack gets lost")
     wait_for(lambda: "ack gets lost" in site.texts(alice, channel_id), "the server to commit the send")
     expect(article(la, "ack gets lost").get_by_role("status")).to_have_accessible_name("sending")
     pa.relay.cut()
     pa.relay.restore()
-    expect(article(la, "ack gets lost").get_by_role("status")).to_have_accessible_name(re.compile("^(sent|delivered|read)$"))
+    expect(article(la, "ack gets lost").get_by_role("status")).to_have_accessible_name(SETTLED)
     def sends() -> list[dict[str, Any]]:
         return [f for f in pa.sent_frames if f.get("type") == "send"]
 
@@ -321,7 +325,7 @@ def test_edit_delete_react_reply(site: Site, web: Web) -> None:
     la, lb = open_channel(pa, "general"), open_channel(pb, "general")
     send(pa, "frist post")
     mine = article(la, "frist post")
-    expect(mine.get_by_role("status")).to_have_accessible_name(re.compile("^(sent|delivered|read)$"))
+    expect(mine.get_by_role("status")).to_have_accessible_name(SETTLED)
     mine.hover()
     mine.get_by_role("button", name="Edit").click()
     editor = la.get_by_role("textbox", name="Edit message")  # the text is now in the editor's value
@@ -407,7 +411,7 @@ def test_reload_keeps_the_session_and_the_open_channel(site: Site, web: Web) -> 
     pa = web.open(alice)
     la = open_channel(pa, "general")
     send(pa, "before reload")
-    expect(article(la, "before reload").get_by_role("status")).to_have_accessible_name(re.compile("^(sent|delivered|read)$"))
+    expect(article(la, "before reload").get_by_role("status")).to_have_accessible_name(SETTLED)
     pa.reload()
     expect(pa.get_by_role("button", name="Log in")).to_have_count(0)
     la = pa.get_by_role("log", name="general")
