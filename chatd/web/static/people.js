@@ -11,7 +11,10 @@ export class PeoplePicker {
     this.list = h('ul', {class: 'people'});
     this.error = h('p', {class: 'error', role: 'alert'});
     this.name = group ? h('input', {type: 'text', 'aria-label': 'Group name', placeholder: 'Group name', maxlength: 100}) : null;
-    const form = h('form', {method: 'dialog'}, h('h2', {}, title), this.name, this.query, this.list, this.error,
+    // Enter in the search picks the first person (a DM) or does nothing (a group); the form
+    // itself never submits anywhere.
+    const form = h('form', {onsubmit: (e) => { e.preventDefault(); if (!group) this.list.querySelector('button')?.click(); }},
+      h('h2', {}, title), this.name, this.query, this.list, this.error,
       h('div', {class: 'buttons'},
         group ? h('button', {type: 'button', onclick: () => this.createGroup()}, 'Create group') : null,
         h('button', {type: 'button', onclick: () => this.dialog.close()}, 'Cancel')));
