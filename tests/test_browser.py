@@ -298,6 +298,7 @@ def test_new_message_opens_a_dm_and_new_group_creates_one(site: Site, web: Web) 
     pa.get_by_role("button", name="New message").click()
     dialog = pa.get_by_role("dialog", name="New message")
     dialog.get_by_role("searchbox", name="Find people").fill(bob.username)
+    expect(dialog.get_by_role("listitem")).to_have_count(1)  # the search's answer, not the first list's
     expect(dialog.get_by_role("button", name=re.compile(bob.username))).to_be_visible()
     dialog.get_by_role("searchbox", name="Find people").press("Enter")  # the first one found
     log = pa.get_by_role("log", name="Bob")
