@@ -25,7 +25,7 @@ import trio
 from chatd import gc_tuning, systemd
 from chatd.config import Config, ConfigError, load_config
 from chatd.db.bridge import Database, open_bridge
-from chatd.db.migrate import MigrationError, migrate, status
+from chatd.db.migrate import MigrationError, MigrationState, migrate, status
 from chatd.db.stores import Stores
 from chatd.embedded import EmbeddedError, EmbeddedPostgres
 from chatd.errors import ChatdError, NotFound
@@ -161,12 +161,22 @@ def cmd_serve(config: Config, _args: argparse.Namespace) -> None:
     log.info("stopped")
 
 
+def migration_line(state: MigrationState) -> str:
+    """``NNNN_name, applied at or pending, release R`` (tab-separated), and what else an operator must know."""
+    when = format_time(state.applied_at) if state.applied_at else "pending"
+    line = f"{state.version:04d}_{state.name}\t{when}\trelease {state.release or '(not declared)'}"
+    if state.min_reader > 1:
+        line += f"\tneeds reader level {state.min_reader}"
+    if not state.known:
+        line += "\tfrom a newer chatd"
+    return line
+
+
 def cmd_migrate(config: Config, args: argparse.Namespace) -> None:
     async def body(db: Database) -> None:
         if args.status:
             for state in await status(db):
-                when = format_time(state.applied_at) if state.applied_at else "pending"
-                print(f"{state.version:04d}_{state.name}\t{when}")
+                print(migration_line(state))
         else:
             applied = await migrate(db)
             print(f"applied {len(applied)} migration(s)" if applied else "schema is up to date")

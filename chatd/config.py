@@ -176,6 +176,12 @@ class ServerConfig:
     drain_timeout_s: float = _key(
         10.0, "Seconds a graceful stop (SIGTERM/SIGINT) waits for in-flight sends.", _positive
     )
+    drain_spread_max_s: float = _key(
+        5.0,
+        "The most a draining node asks a client to wait before reconnecting (`reconnect`'s `after_ms`, "
+        "otherwise sized to the node's connection count).",
+        _positive,
+    )
     outgoing_queue: int = _key(
         256, "Frames queued per WebSocket connection before it counts as a slow consumer.", _positive
     )

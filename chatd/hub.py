@@ -21,6 +21,7 @@ import trio
 
 from chatd.hints import DeviceRevoked, InboxHeads, UserRevoked, WakeAll
 from chatd.models import InboxAdvance, InboxEvent, Message
+from chatd.wire.outbound import ServerFrame
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Drainable(Protocol):
 
     def push_message(self, message: Message) -> None: ...
 
+    def offer(self, frame: ServerFrame) -> None: ...
+
 
 class Hub:
     """This node's registry of connected sessions and per-user inbox signals.
@@ -101,6 +104,8 @@ class Hub:
         self._signals: dict[int, InboxSignal] = {}
         self._sessions: dict[int, set[Drainable]] = {}
         self.draining = trio.Event()
+        #: The ``after_ms`` of this node's drain (for connections accepted as it began).
+        self.drain_after_ms = 0
 
     def subscribe(self, user_id: int) -> InboxSignal:
         """The user's signal, kept while anyone on this node holds a subscription.
@@ -196,6 +201,12 @@ class Hub:
             for session in list(self._sessions.get(user_id, ())):
                 session.push_message(message)
 
+    def push_frame(self, user_ids: Iterable[int], frame: ServerFrame) -> None:
+        """A live frame (typing, receipt_update) to every local connection of these users."""
+        for user_id in user_ids:
+            for session in list(self._sessions.get(user_id, ())):
+                session.offer(frame)
+
     def revoke_device(self, device_id: int) -> None:
         for session in self._all_sessions():
             if session.device_id == device_id:
@@ -205,8 +216,12 @@ class Hub:
         for session in list(self._sessions.get(user_id, ())):
             session.revoke()
 
+    def connection_count(self) -> int:
+        return sum(len(sessions) for sessions in self._sessions.values())
+
     def drain(self, spread_ms: int) -> None:
         """Tell every connection to go elsewhere, spread over ``spread_ms``, and wake long-polls."""
+        self.drain_after_ms = spread_ms
         self.draining.set()
         for session in self._all_sessions():
             session.drain(spread_ms)

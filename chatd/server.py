@@ -6,7 +6,8 @@ dispatcher (the Quart app, plus the ASGI WebSocket handler for upgrades on
 keep-alive connections).
 
 Stopping (:meth:`Server.stop`, on SIGTERM/SIGINT): stop accepting, tell every
-client ``reconnect`` (spread over the heartbeat), let in-flight sends commit
+client ``reconnect`` (spread by chatd.drain over the time the other nodes need
+to take its connections), let in-flight sends commit
 and their acks go out, then close; hypercorn cancels what is still open after
 ``server.drain_timeout_s``. Then the LISTEN task and the pool close.
 """
@@ -25,13 +26,19 @@ from chatd.config import Config
 from chatd.db.bridge import Database
 from chatd.db.migrate import is_current, migrate
 from chatd.db.stores import Stores
+from chatd.drain import reconnect_spread_ms
 from chatd.errors import Unavailable
 from chatd.hub import Hub
 from chatd.services.admin import AdminService
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
+from chatd.db.livehints import LiveHintStore
 from chatd.services.inbox import InboxService
+from chatd.services.livebus import LiveBus, LiveDelivery
+from chatd.services.presence import PresenceService
+from chatd.services.receipts import ReceiptService, ReceiptWriter
+from chatd.services.typing import TypingService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.users import UserService
@@ -41,6 +48,7 @@ from chatd.web.http_api import build_http_app, json_errors
 from chatd.web.http_conn import Timeouts
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_wsproto import WsprotoEndpoint
+from chatd.ws.live import LiveServices
 from chatd.ws.session import Session, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,17 @@ class Services:
     live: LiveFanout
     #: Control frames (sync, ping, typing, presence_subscribe) per user on this node.
     control: RateLimiter
+    #: Receipts, typing and presence (issue 9): the live bus and its users.
+    bus: LiveBus
+    delivery: LiveDelivery
+    receipt_writer: ReceiptWriter
+    receipts: ReceiptService
+    presence: PresenceService
+    typing: TypingService
+
+    @property
+    def live_services(self) -> LiveServices:
+        return LiveServices(self.receipt_writer, self.typing, self.presence)
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
@@ -76,6 +95,12 @@ class Services:
         live = LiveFanout(stores.channels, stores.messages, hub)
         writer = SendWriter(
             stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
+        )
+        live_hints = LiveHintStore(db)
+        bus = LiveBus(live_hints, config.node_name)
+        presence = PresenceService(stores.presence, bus, config.node_name, timeout_s=config.presence.timeout_s)
+        receipt_writer = ReceiptWriter(
+            stores.receipts, hub, bus, fanout_max_members=config.receipts.fanout_max_members
         )
         return cls(
             stores=stores,
@@ -106,6 +131,12 @@ class Services:
             registry=NodeRegistry(stores.nodes, hub, config.node_name),
             live=live,
             control=RateLimiter(CONTROL_RATE_PER_USER_S, CONTROL_BURST_PER_USER),
+            bus=bus,
+            delivery=LiveDelivery(live_hints, hub, presence.hinted),
+            receipt_writer=receipt_writer,
+            receipts=ReceiptService(stores.receipts, receipt_writer),
+            presence=presence,
+            typing=TypingService(stores.receipts, bus),
         )
 
 
@@ -137,8 +168,12 @@ class Server:
             self.services = services = Services.build(db, cfg)
             app = self._asgi_app(services)
             async with trio.open_nursery() as nursery:
-                await nursery.start(self._listen_forever, db, services.hub, services.live)
+                await nursery.start(self._listen_forever, db, services)
                 await nursery.start(services.writer.run)
+                await nursery.start(services.bus.run)
+                await nursery.start(services.delivery.run)
+                await nursery.start(services.receipt_writer.run)
+                await nursery.start(services.presence.run)
                 await nursery.start(services.live.run)
                 url = await nursery.start(self._serve_http, app)
                 await nursery.start(services.registry.run, url)
@@ -146,7 +181,9 @@ class Server:
                 task_status.started(url)
                 await self._stop.wait()
                 # hypercorn stops accepting as soon as _stop is set (its shutdown trigger).
-                services.hub.drain(spread_ms=int(cfg.server.heartbeat_s * 1000))
+                services.hub.drain(
+                    spread_ms=reconnect_spread_ms(services.hub.connection_count(), cfg.server.drain_spread_max_s)
+                )
                 await self._http_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -161,6 +198,8 @@ class Server:
             channels=services.channels,
             messages=services.messages,
             inbox=services.inbox,
+            receipts=services.receipts,
+            presence=services.presence,
             ready=self._ready,
             max_group_members=cfg.limits.max_group_members,
             origins=origins,
@@ -174,6 +213,8 @@ class Server:
             send_stall_s=cfg.server.send_stall_s,
         )
 
+        live_services = services.live_services
+
         def make_session(transport: Any, fmt: Any, principal: Any) -> Session:
             return Session(
                 transport,
@@ -184,6 +225,7 @@ class Server:
                 messages=services.messages,
                 settings=settings,
                 control=services.control,
+                live=live_services,
             )
 
         self._ws_fast = WsprotoEndpoint(
@@ -237,14 +279,13 @@ class Server:
         finally:
             self._http_done.set()
 
-    async def _listen_forever(
-        self, db: Database, hub: Hub, live: LiveFanout, *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _listen_forever(self, db: Database, services: Services, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the LISTEN connection; on loss, back off, reconnect and wake every session.
 
         Reports started after the first attempt, successful or not: a node whose
         LISTEN connection is down still serves, with its own writes' wake-ups.
         """
+        hub, live = services.hub, services.live
         backoff = 0.1
         started = False
 
@@ -262,7 +303,9 @@ class Server:
         def notified(pid: int, payload: str) -> None:
             hint = hints.parse(payload)
             from_this_node = pid in db.backend_pids
-            if isinstance(hint, hints.ChannelMessage):
+            if isinstance(hint, hints.Live):
+                services.delivery.received(hint)
+            elif isinstance(hint, hints.ChannelMessage):
                 # This node's own large-channel writes were pushed by the writer.
                 if not from_this_node:
                     live.hinted(hint.channel_id, hint.seq)

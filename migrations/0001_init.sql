@@ -1,3 +1,4 @@
+-- release: 0.1
 -- chatd schema, version 1: users, devices, channels, members, messages, inbox.
 --
 -- Invariants (checked by `chatd verify`):

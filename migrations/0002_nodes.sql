@@ -1,3 +1,4 @@
+-- release: 0.1
 -- The cluster's registry: live nodes with a heartbeat, and which users are
 -- connected on which node (the groundwork of presence). A node that stops
 -- heart-beating is gone: any node deletes it (and, by cascade, its

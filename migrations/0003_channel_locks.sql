@@ -1,3 +1,4 @@
+-- release: 0.1
 -- One lock order for every transaction that changes a channel or sends into
 -- one: the channel row first, then the users' rows by id, all of them taken
 -- before anything else is written.

@@ -33,9 +33,10 @@ SMOKE_FLAGS: dict[str, list[str]] = {
     # the healthz p99 bound is lifted to 10 s: a smoke test never asserts on speed.
     "soak": ["--seconds", "14", "--rate", "20", "--users", "4", "--idle", "10", "--slowloris", "8",
              "--heartbeat", "2", "--healthz-every", "0.2", "--healthz-p99-ms", "10000"],
+    "rolling": ["--devices", "4", "--senders", "2", "--rate", "20", "--settle", "1"],
 }
 #: Longer than RUN_TIMEOUT_S for workloads whose window is long by design.
-RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120}
+RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120, "rolling": 120}
 
 #: Figures each workload's JSON must carry (beside the ceiling and the server's).
 FIGURES: dict[str, list[str]] = {
@@ -45,6 +46,7 @@ FIGURES: dict[str, list[str]] = {
     "idle": ["connections", "rss_per_connection_kib", "idle_server_cpu_pct"],
     "storm": ["all_caught_up_s", "catch_up_ms", "events_delivered"],
     "soak": ["achieved_msg_per_s", "send_deliver_ms", "healthz_ms", "healthz_probes", "slowloris"],
+    "rolling": ["send_deliver_ms", "send_deliver_during_roll_ms", "client_wait_ms", "drains"],
 }
 CEILING = ["single_insert_tx_per_s_1conn", "single_insert_tx_per_s_8conn",
            "batched_insert_rows_per_s_1conn", "batched_insert_rows_per_s_8conn"]
@@ -85,3 +87,18 @@ def test_workload_smoke(name: str, databases: Databases, tmp_path: Path) -> None
         # The server closed hostile sockets that outlived its head timeout, and stayed up for everyone else.
         assert figures["slowloris"]["closed"] > 0, figures["slowloris"]
         assert figures["idle_connected"] == 10 and figures["pings"] > 0
+
+
+def test_receipts_benchmark_smoke(databases: Databases, tmp_path: Path) -> None:
+    """benchmarks/receipts.py at a tiny size: both parts run and print their figures."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.receipts", "--database-url", databases.server_dsn, "--members", "6",
+         "--senders", "2", "--rate", "4", "--seconds", "2", "--typing-seconds", "1.5", "--typers", "12",
+         "--channels", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "with read receipts: messages/s" in out and "write amplification with receipts: rows x" in out, out
+    assert "send -> sender sees first read p50 / p99" in out, out
+    assert "typing every 0.5 s: plain sends acked/s" in out and "NOTIFYs/s" in out, out

@@ -4,7 +4,8 @@ A workload module has the orchestrator's half (``add_arguments``,
 ``server_env``, ``orchestrate(ctx)``, run in the orchestrating process) and
 the worker's half (``worker(job, link)``, run in each client worker process,
 see benchmarks/workers.py), so the two ends of its line protocol sit side by
-side.
+side. ``rolling`` drives its few clients in the orchestrating process and
+has no worker half.
 """
 
-NAMES = ("steady", "saturation", "fanout", "idle", "storm", "soak")
+NAMES = ("steady", "saturation", "fanout", "idle", "storm", "soak", "rolling")

@@ -132,6 +132,13 @@ node_users = Table(
     Index("node_users_user_id_idx", "user_id"),
 )
 
+user_presence = Table(
+    "user_presence",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("last_seen", TIMESTAMPTZ, nullable=False),
+)
+
 schema_migrations = Table(
     "schema_migrations",
     metadata,
@@ -139,4 +146,7 @@ schema_migrations = Table(
     Column("name", Text, nullable=False),
     Column("checksum", Text, nullable=False),
     Column("applied_at", TIMESTAMPTZ, nullable=False),
+    # Added by chatd.db.migrate itself (not a migration file): see its docstring.
+    Column("release", Text, nullable=True),
+    Column("min_reader", Integer, nullable=False),
 )
