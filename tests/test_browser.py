@@ -29,7 +29,6 @@ expect.set_options(timeout=20_000)
 
 #: A tick once the server acknowledged the send.
 SETTLED = re.compile("^(sent|delivered|read)$")
-ISSUE_9 = pytest.mark.xfail(strict=False, reason="server side of issue 9 not merged yet")
 ISSUE_10 = pytest.mark.xfail(strict=False, reason="server side of issue 10 not merged yet")
 ISSUE_11 = pytest.mark.xfail(strict=False, reason="server side of issue 11 not merged yet")
 
@@ -186,7 +185,6 @@ def test_channels_are_ordered_by_last_activity(site: Site, web: Web) -> None:
     expect(links).to_have_text(["newer", "older"])
 
 
-@ISSUE_9
 def test_ticks_turn_to_read(site: Site, web: Web) -> None:
     (alice, bob), _ = site.seed("alice", "bob")
     pa = web.open(alice)
@@ -205,7 +203,6 @@ def test_ticks_turn_to_read(site: Site, web: Web) -> None:
     expect(pb2.get_by_role("navigation", name="Channels").get_by_label(re.compile("unread"))).to_have_count(0)
 
 
-@ISSUE_9
 def test_typing_is_shown(site: Site, web: Web) -> None:
     (alice, bob), _ = site.seed("alice", "bob")
     pa, pb = web.open(alice), web.open(bob)
