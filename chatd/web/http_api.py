@@ -32,7 +32,7 @@ from chatd.services.presence import PresenceService
 from chatd.services.receipts import ReceiptService
 from chatd.services.push import PushService
 from chatd.services.users import UserService
-from chatd.web import params
+from chatd.web import params, static_files
 from chatd.web.http_errors import code_for_status, error_body
 from chatd.web.http_push import add_push_routes
 from chatd.web.origins import OriginPolicy
@@ -276,6 +276,8 @@ def build_http_app(
         if len(set(ids)) > max_group_members:
             raise TooLarge(f"a group has at most {max_group_members} members")
         return ids
+
+    static_files.install(app)  # the web client at / (PROTOCOL §11)
 
     @app.get("/healthz")
     async def healthz() -> Response:
