@@ -29,8 +29,6 @@ expect.set_options(timeout=20_000)
 
 #: A tick once the server acknowledged the send.
 SETTLED = re.compile("^(sent|delivered|read)$")
-ISSUE_10 = pytest.mark.xfail(strict=False, reason="server side of issue 10 not merged yet")
-ISSUE_11 = pytest.mark.xfail(strict=False, reason="server side of issue 11 not merged yet")
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +316,6 @@ def test_new_message_opens_a_dm_and_new_group_creates_one(site: Site, web: Web) 
     expect(channel_link(pc, "project x")).to_be_visible()
 
 
-@ISSUE_11
 def test_edit_delete_react_reply(site: Site, web: Web) -> None:
     (alice, bob), _ = site.seed("alice", "bob")
     pa, pb = web.open(alice), web.open(bob)
@@ -375,7 +372,6 @@ def png_bytes(width: int = 3, height: int = 2) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
-@ISSUE_10
 def test_uploaded_image_is_seen_on_the_other_side(site: Site, web: Web) -> None:
     (alice, bob), _ = site.seed("alice", "bob")
     pa, pb = web.open(alice), web.open(bob)
@@ -388,7 +384,6 @@ def test_uploaded_image_is_seen_on_the_other_side(site: Site, web: Web) -> None:
     wait_for(lambda: image.evaluate("img => img.complete && img.naturalWidth") == 3, "the image to load")
 
 
-@ISSUE_11
 def test_search_finds_a_message(site: Site, web: Web) -> None:
     (alice, bob), channel_id = site.seed("alice", "bob")
     assert channel_id is not None
