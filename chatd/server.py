@@ -21,6 +21,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from chatd import hints
+from chatd.metrics import Metrics, NodeGauges, NoPushQueue, PushQueueProvider
 from chatd.config import Config
 from chatd.db.bridge import Database
 from chatd.db.migrate import is_current, migrate
@@ -31,6 +32,7 @@ from chatd.services.admin import AdminService
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
+from chatd.services.echo import EchoProbe
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
@@ -67,6 +69,7 @@ class Services:
     live: LiveFanout
     #: Control frames (sync, ping, typing, presence_subscribe) per user on this node.
     control: RateLimiter
+    echo: EchoProbe
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
@@ -77,6 +80,7 @@ class Services:
         writer = SendWriter(
             stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
         )
+        inbox = InboxService(stores.inbox, hub)
         return cls(
             stores=stores,
             hub=hub,
@@ -101,23 +105,27 @@ class Services:
                 writer,
                 max_text_chars=config.limits.max_text_chars,
             ),
-            inbox=InboxService(stores.inbox, hub),
+            inbox=inbox,
             writer=writer,
             registry=NodeRegistry(stores.nodes, hub, config.node_name),
             live=live,
             control=RateLimiter(CONTROL_RATE_PER_USER_S, CONTROL_BURST_PER_USER),
+            echo=EchoProbe(writer, inbox, hub, stores.nodes, config.node_name),
         )
 
 
 class Server:
     """One chatd node: start it with ``nursery.start(server.run)``; it reports its URL."""
 
-    def __init__(self, config: Config, dsn: str) -> None:
+    def __init__(self, config: Config, dsn: str, *, push_queue: PushQueueProvider | None = None) -> None:
         self.config = config
         self.dsn = dsn
         self._stop = trio.Event()
         self.services: Services | None = None
         self.db: Database | None = None
+        self.metrics: Metrics | None = None
+        #: What the push gauges read; the push service implements it (an empty queue until then).
+        self.push_queue: PushQueueProvider = push_queue or NoPushQueue()
 
     def stop(self) -> None:
         """Begin the graceful stop (idempotent)."""
@@ -135,6 +143,7 @@ class Server:
         try:
             await migrate(db)
             self.services = services = Services.build(db, cfg)
+            self.metrics = self._metrics(db, services)
             app = self._asgi_app(services)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._listen_forever, db, services.hub, services.live)
@@ -142,6 +151,7 @@ class Server:
                 await nursery.start(services.live.run)
                 url = await nursery.start(self._serve_http, app)
                 await nursery.start(services.registry.run, url)
+                await nursery.start(services.echo.run)
                 log.info("node %s listening on %s", cfg.node_name, url)
                 task_status.started(url)
                 await self._stop.wait()
@@ -151,6 +161,26 @@ class Server:
                 nursery.cancel_scope.cancel()
         finally:
             await db.close()
+
+    def _metrics(self, db: Database, services: Services) -> Metrics:
+        async def pool_in_use() -> int:
+            idle, size = await db.pool_sizes()
+            return size - idle
+
+        echo = services.echo
+        return Metrics(NodeGauges(
+            backlog=services.hub.backlog_seconds,
+            notify_lag=lambda: echo.notify_lag_s,
+            pool_in_use=pool_in_use,
+            push=self.push_queue,
+        ))
+
+    async def _scrape(self) -> bytes:
+        assert self.metrics is not None
+        return await self.metrics.scrape()
+
+    def _echo_status(self) -> dict[str, object]:
+        return self.services.echo.status.to_json() if self.services is not None else {"ok": None}
 
     def _asgi_app(self, services: Services) -> Any:
         cfg = self.config
@@ -162,6 +192,8 @@ class Server:
             messages=services.messages,
             inbox=services.inbox,
             ready=self._ready,
+            echo_status=self._echo_status,
+            scrape=self._scrape,
             max_group_members=cfg.limits.max_group_members,
             origins=origins,
             body_timeout_s=cfg.server.body_timeout_s,
@@ -259,8 +291,12 @@ class Server:
             else:
                 log.info("LISTEN connection restored")
 
+        echo = self.services.echo if self.services is not None else None
+
         def notified(pid: int, payload: str) -> None:
             hint = hints.parse(payload)
+            if echo is not None:
+                echo.hinted(hint)
             from_this_node = pid in db.backend_pids
             if isinstance(hint, hints.ChannelMessage):
                 # This node's own large-channel writes were pushed by the writer.

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -130,6 +131,15 @@ node_users = Table(
     Column("since", TIMESTAMPTZ, nullable=False),
     PrimaryKeyConstraint("node", "user_id"),
     Index("node_users_user_id_idx", "user_id"),
+)
+
+node_echo = Table(
+    "node_echo",
+    metadata,
+    Column("node", Text, primary_key=True),
+    Column("roundtrip_s", Double),
+    Column("error", Text),
+    Column("at", TIMESTAMPTZ, nullable=False),
 )
 
 schema_migrations = Table(

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestTimeout
 
 from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, TooLarge, Unauthorized
 from chatd.limits import ID_MAX
+from chatd.metrics import CONTENT_TYPE
 from chatd.models import Channel, Principal
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
@@ -146,6 +147,8 @@ def build_http_app(
     inbox: InboxService,
     ready: Callable[[], Awaitable[bool]],
     max_group_members: int,
+    echo_status: Callable[[], dict[str, object]] | None = None,
+    scrape: Callable[[], Awaitable[bytes]] | None = None,
     origins: OriginPolicy | None = None,
     body_timeout_s: float = 30.0,
 ) -> QuartTrio:
@@ -272,9 +275,20 @@ def build_http_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if await ready():
+        """200 while the database is reachable and migrations are current, whatever the echo
+        probe says (a load balancer must not flap on it); the body says how the probe fares."""
+        if not await ready():
+            return error_response("unavailable", "database unreachable or migrations pending", 503)
+        echo = echo_status() if echo_status is not None else None
+        if echo is None:
             return ok({"status": "ready"})
-        return error_response("unavailable", "database unreachable or migrations pending", 503)
+        return ok({"status": "degraded" if echo.get("ok") is False else "ready", "echo": echo})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if scrape is None:
+            return error_response("not_found", "no metrics here", 404)
+        return Response(await scrape(), status=200, content_type=CONTENT_TYPE)
 
     @app.post("/v1/login")
     async def login() -> Response:
