@@ -220,11 +220,13 @@ def build_http_app(
         headers = {}
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        log.info("refused %s %s: %d %s", request.method, request.path, exc.status, exc.code)
         return error_response(exc.code, exc.message, exc.status, headers)
 
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        log.info("refused %s %s: %d %s", request.method, request.path, status, code_for_status(status))
         if isinstance(exc, RequestTimeout):
             g.body_timed_out = True
             return error_response("bad_request", "the request body did not arrive in time", 408,
