@@ -43,10 +43,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Client frames received, by frame type ("invalid" for those that fail to decode).
 FRAMES_IN: defaultdict[str, int] = defaultdict(int)
+for _type in ("sync", "send", "receipt", "typing", "presence_subscribe", "ping", "invalid"):
+    FRAMES_IN[_type] = 0
 #: Server frames queued to clients, by frame type (or by outbound frame class, named at scrape).
 FRAMES_OUT: defaultdict[object, int] = defaultdict(int)
 #: Sends answered, by outcome: sent, duplicate, or the error code.
 SENDS: defaultdict[str, int] = defaultdict(int)
+# The outcomes an alert or a rate() looks for exist (at 0) before the first send.
+for _outcome in ("sent", "duplicate", "unavailable", "rate_limited", "not_member", "invalid", "too_large"):
+    SENDS[_outcome] = 0
 #: Open WebSocket connections, by wire format ("json", "msgpack").
 CONNECTIONS: defaultdict[str, int] = defaultdict(int)
 
@@ -157,12 +162,22 @@ class NoPushQueue:
         return PushQueue()
 
 
+@attrs.frozen
+class Registry:
+    """The cluster registry as this node reads it: alive nodes, and whether this node is one."""
+
+    alive_nodes: int = 0
+    registered: bool = False
+
+
 @attrs.define
 class NodeSample:
     """What the node gauges show, refreshed (asynchronously) just before each scrape."""
 
     pool_in_use: int = 0
     push: PushQueue = PushQueue()
+    database_up: bool = False
+    registry: Registry = Registry()
 
 
 class NodeGauges(Collector):
@@ -180,15 +195,30 @@ class NodeGauges(Collector):
         notify_lag: Callable[[], float],
         pool_in_use: Callable[[], Awaitable[int]],
         push: PushQueueProvider,
+        database_up: Callable[[], Awaitable[bool]],
+        registry: Callable[[], Awaitable[Registry]],
     ) -> None:
         self._backlog = backlog
         self._notify_lag = notify_lag
         self._pool_in_use = pool_in_use
         self.push = push
+        self._database_up = database_up
+        self._registry = registry
         self.sample = NodeSample()
 
     async def refresh(self) -> None:
-        self.sample = NodeSample(pool_in_use=await self._pool_in_use(), push=await self.push.push_queue())
+        """Read what needs the database; when it is away, the push and registry gauges keep
+        their last values and ``chatd_database_up`` says 0."""
+        last = self.sample
+        up = await self._database_up()
+        push, registry = last.push, last.registry
+        if up:
+            try:
+                push = await self.push.push_queue()
+                registry = await self._registry()
+            except ChatdError:
+                up = False
+        self.sample = NodeSample(await self._pool_in_use(), push, up, registry)
 
     def collect(self) -> Iterable[Metric]:
         s = self.sample
@@ -203,6 +233,12 @@ class NodeGauges(Collector):
             "From the echo probe's send to its commit's NOTIFY arriving back at this node (last round).",
             self._notify_lag(),
         )
+        yield _gauge("chatd_database_up", "1 while the database answers and migrations are current.",
+                     float(s.database_up))
+        yield _gauge("chatd_registry_alive_nodes", "Nodes alive in the cluster registry, as this node reads it.",
+                     s.registry.alive_nodes)
+        yield _gauge("chatd_registry_registered", "1 while this node is alive in the cluster registry.",
+                     float(s.registry.registered))
         yield _gauge("chatd_push_queue_depth", "Push deliveries queued.", s.push.depth)
         yield _gauge("chatd_push_oldest_seconds", "Age of the oldest queued push delivery.", s.push.oldest_s)
 

@@ -21,7 +21,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from chatd import hints
-from chatd.metrics import Metrics, NodeGauges, NoPushQueue, PushQueueProvider
+from chatd.metrics import Metrics, NodeGauges, NoPushQueue, PushQueueProvider, Registry
 from chatd.config import Config
 from chatd.db.bridge import Database
 from chatd.db.migrate import is_current, migrate
@@ -167,12 +167,20 @@ class Server:
             idle, size = await db.pool_sizes()
             return size - idle
 
+        async def registry() -> Registry:
+            nodes = await services.admin.nodes()
+            return Registry(
+                sum(1 for n in nodes if n.alive), any(n.alive and n.name == self.config.node_name for n in nodes)
+            )
+
         echo = services.echo
         return Metrics(NodeGauges(
             backlog=services.hub.backlog_seconds,
             notify_lag=lambda: echo.notify_lag_s,
             pool_in_use=pool_in_use,
             push=self.push_queue,
+            database_up=self._ready,
+            registry=registry,
         ))
 
     async def _scrape(self) -> bytes:

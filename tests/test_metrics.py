@@ -127,6 +127,9 @@ async def test_echo_probe_runs_with_no_client_traffic(db_url: str) -> None:
         samples = await wait_for_echo_rounds(srv, 0)
         assert value(samples, "chatd_echo_roundtrip_seconds_sum") > 0
         assert value(samples, "chatd_notify_lag_seconds") > 0
+        assert value(samples, "chatd_database_up") == 1
+        assert value(samples, "chatd_registry_registered") == 1
+        assert value(samples, "chatd_registry_alive_nodes") >= 1
         async with http(srv) as api:
             ready = await api.get("/readyz")
         assert ready.status_code == 200
