@@ -21,7 +21,7 @@ ECHO = "chatd_echo_roundtrip_seconds"
 
 
 async def scrape(url: str) -> str:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
         answer = await client.get("/metrics")
     answer.raise_for_status()
     return answer.text
@@ -74,17 +74,19 @@ def echo_window(before: str, after: str) -> dict[str, Any]:
     return out
 
 
-async def scrape_cost(server: ChatdServer, scrapes: int) -> dict[str, Any]:
-    """Scrape back to back: wall time per scrape (client side) and the server's CPU per scrape
-    (its CPU over the burst divided by the scrapes; heartbeats running meanwhile are included)."""
+async def scrape_cost(server: ChatdServer, scrapes: int, idle_cpu_per_s: float) -> dict[str, Any]:
+    """Scrape back to back: wall time per scrape (client side) and the server's CPU per scrape:
+    its CPU over the burst, less what it spends idle in as long (``idle_cpu_per_s``: the
+    heartbeats of the open connections, measured just before), divided by the scrapes."""
     walls = []
     cpu0 = server.cpu_seconds()
+    burst0 = time.perf_counter()
     size = 0
     for _ in range(scrapes):
         started = time.perf_counter()
         size = len(await scrape(server.url))
         walls.append(time.perf_counter() - started)
-    cpu = server.cpu_seconds() - cpu0
+    cpu = max(0.0, server.cpu_seconds() - cpu0 - idle_cpu_per_s * (time.perf_counter() - burst0))
     walls.sort()
     return {
         "scrapes": scrapes,

@@ -213,7 +213,7 @@ class Hub:
         oldest = now
         for user_id, sessions in self._sessions.items():
             signal = self._signals.get(user_id)
-            if signal is None:
+            if signal is None or not signal.stamps:  # nothing arrived since it subscribed
                 continue
             for session in sessions:
                 delivered = session.delivered

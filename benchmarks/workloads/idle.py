@@ -87,7 +87,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
             await trio.sleep(args.idle_seconds)
         profile = profiler.stop() if profiler else None
         echo = probe.echo_window(echo_before, await probe.scrape(ctx.server.url))
-        scraping = await probe.scrape_cost(ctx.server, args.scrapes)
+        scraping = await probe.scrape_cost(ctx.server, args.scrapes, window.server_cpu_s / window.seconds)
         await pool.broadcast({"cmd": "stop"})
         done = await pool.gather(60, "done")
     n = sum(r["connected"] for r in connected)
