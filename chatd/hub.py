@@ -13,6 +13,7 @@ this one; duplicates are harmless).
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -76,14 +77,14 @@ class InboxSignal:
         for head, stamp in self.stamps:
             if head > cursor:
                 return stamp
-        return self.stamps[0][1] if self.stamps else trio.current_time()
+        return self.stamps[0][1] if self.stamps else time.monotonic()
 
     def fire(self, head: int | None) -> None:
         if head is not None:
             if head <= self.head:
                 return
             self.head = head
-            self.stamps.append((head, trio.current_time()))
+            self.stamps.append((head, time.monotonic()))  # not trio's clock: fired from sync code too
         self.event.set()
         self.event = trio.Event()
 
@@ -209,7 +210,7 @@ class Hub:
 
         Walks every local connection: meant for a scrape, not for a hot path.
         """
-        now = trio.current_time()
+        now = time.monotonic()
         oldest = now
         for user_id, sessions in self._sessions.items():
             signal = self._signals.get(user_id)
