@@ -10,7 +10,9 @@ machine cannot hold 10,000 real sockets open while others' work loads it
 (the idle workload measures real ones, see benchmarks/README.md). Two cases:
 *idle* (no event since the connections subscribed: the backlog walk skips
 them) and *behind* (every user has an advance pending, the worst case of the
-backlog walk). Prints wall and process CPU per scrape, p50/p99/p99.9.
+backlog walk). Prints wall and process CPU per scrape, p50/p99/p99.9, and
+first the echo probe's round trip with no client traffic (``--echo-rounds``,
+0.1 s apart instead of 5 s).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import trio
 
 from chatd.embedded import EmbeddedPostgres
 from chatd.models import InboxAdvance
-from tests.support import running_server
+from tests.support import RunningServer, running_server
 
 
 class _Connection:
@@ -59,8 +61,29 @@ async def _measure(url: str, scrapes: int) -> tuple[list[float], list[float], in
     return walls, cpus, size
 
 
+async def echo_rounds(srv: RunningServer, rounds: int) -> None:
+    """The echo probe's round trip with no client traffic, ``rounds`` rounds 0.1 s apart."""
+    probe = srv.services.echo
+    probe.interval_s = 0.1
+    times: list[float] = []
+    last = None
+    with trio.fail_after(rounds * 15):
+        while len(times) < rounds:
+            await trio.sleep(0.02)
+            status = probe.status
+            if status.at != last and status.ok:
+                last = status.at
+                assert status.roundtrip_s is not None
+                times.append(status.roundtrip_s)
+    probe.interval_s = 5.0
+    print(f"echo   idle, {rounds} rounds: round trip ms p50/p99/p99.9 {_pct(times, .5) * 1e3:.2f}/"
+          f"{_pct(times, .99) * 1e3:.2f}/{_pct(times, .999) * 1e3:.2f}, mean {sum(times) / len(times) * 1e3:.2f}")
+
+
 async def main(args: argparse.Namespace, dsn: str) -> None:
     async with running_server(dsn) as srv:
+        if args.echo_rounds:
+            await echo_rounds(srv, args.echo_rounds)
         hub = srv.services.hub
         for user_id in range(1, args.connections + 1):
             hub.add_session(_Connection(user_id))
@@ -81,6 +104,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--scrapes", type=int, default=200)
+    parser.add_argument("--echo-rounds", type=int, default=100, help="echo probe rounds measured first (0: none)")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chatd-scrape-") as tmp:
         pg = EmbeddedPostgres(Path(tmp))
