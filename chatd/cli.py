@@ -218,12 +218,11 @@ def cmd_user(config: Config, args: argparse.Namespace) -> None:
             user = await users.create(args.name, args.display_name or args.name, password_hash, args.admin)
             print(f"created user {user.username} (id {user.user_id}){' as admin' if user.is_admin else ''}")
         elif args.action == "list":
-            # last_seen comes from the users table's column of that name once presence adds it
-            # ("never" until then, and for users never seen).
-            seen = await users.last_seen()
+            seen = await users.last_seen()  # presence's last frame time, per user
             for user in await users.all():
                 flags = ",".join(f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on)
-                last = seen.get(user.user_id) or "never"
+                when = seen.get(user.user_id)
+                last = format_time(when) if when is not None else "never"
                 print(f"{user.user_id}\t{user.username}\t{user.display_name}\t{flags}\tlast seen {last}")
         elif args.action == "disable":
             await users.disable(args.name)

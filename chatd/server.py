@@ -33,7 +33,12 @@ from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
 from chatd.services.echo import EchoProbe
+from chatd.db.livehints import LiveHintStore
 from chatd.services.inbox import InboxService
+from chatd.services.livebus import LiveBus, LiveDelivery
+from chatd.services.presence import PresenceService
+from chatd.services.receipts import ReceiptService, ReceiptWriter
+from chatd.services.typing import TypingService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.users import UserService
@@ -43,6 +48,7 @@ from chatd.web.http_api import build_http_app, json_errors
 from chatd.web.http_conn import Timeouts
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_wsproto import WsprotoEndpoint
+from chatd.ws.live import LiveServices
 from chatd.ws.session import Session, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,17 @@ class Services:
     #: Control frames (sync, ping, typing, presence_subscribe) per user on this node.
     control: RateLimiter
     echo: EchoProbe
+    #: Receipts, typing and presence (issue 9): the live bus and its users.
+    bus: LiveBus
+    delivery: LiveDelivery
+    receipt_writer: ReceiptWriter
+    receipts: ReceiptService
+    presence: PresenceService
+    typing: TypingService
+
+    @property
+    def live_services(self) -> LiveServices:
+        return LiveServices(self.receipt_writer, self.typing, self.presence)
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
@@ -81,6 +98,12 @@ class Services:
             stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
         )
         inbox = InboxService(stores.inbox, hub)
+        live_hints = LiveHintStore(db)
+        bus = LiveBus(live_hints, config.node_name)
+        presence = PresenceService(stores.presence, bus, config.node_name, timeout_s=config.presence.timeout_s)
+        receipt_writer = ReceiptWriter(
+            stores.receipts, hub, bus, fanout_max_members=config.receipts.fanout_max_members
+        )
         return cls(
             stores=stores,
             hub=hub,
@@ -111,6 +134,12 @@ class Services:
             live=live,
             control=RateLimiter(CONTROL_RATE_PER_USER_S, CONTROL_BURST_PER_USER),
             echo=EchoProbe(writer, inbox, hub, stores.nodes, config.node_name),
+            bus=bus,
+            delivery=LiveDelivery(live_hints, hub, presence.hinted),
+            receipt_writer=receipt_writer,
+            receipts=ReceiptService(stores.receipts, receipt_writer),
+            presence=presence,
+            typing=TypingService(stores.receipts, bus),
         )
 
 
@@ -146,8 +175,12 @@ class Server:
             self.metrics = self._metrics(db, services)
             app = self._asgi_app(services)
             async with trio.open_nursery() as nursery:
-                await nursery.start(self._listen_forever, db, services.hub, services.live)
+                await nursery.start(self._listen_forever, db, services)
                 await nursery.start(services.writer.run)
+                await nursery.start(services.bus.run)
+                await nursery.start(services.delivery.run)
+                await nursery.start(services.receipt_writer.run)
+                await nursery.start(services.presence.run)
                 await nursery.start(services.live.run)
                 url = await nursery.start(self._serve_http, app)
                 await nursery.start(services.registry.run, url)
@@ -199,6 +232,8 @@ class Server:
             channels=services.channels,
             messages=services.messages,
             inbox=services.inbox,
+            receipts=services.receipts,
+            presence=services.presence,
             ready=self._ready,
             echo_status=self._echo_status,
             scrape=self._scrape,
@@ -214,6 +249,8 @@ class Server:
             send_stall_s=cfg.server.send_stall_s,
         )
 
+        live_services = services.live_services
+
         def make_session(transport: Any, fmt: Any, principal: Any) -> Session:
             return Session(
                 transport,
@@ -224,6 +261,7 @@ class Server:
                 messages=services.messages,
                 settings=settings,
                 control=services.control,
+                live=live_services,
             )
 
         self._ws_fast = WsprotoEndpoint(
@@ -277,14 +315,13 @@ class Server:
         finally:
             self._http_done.set()
 
-    async def _listen_forever(
-        self, db: Database, hub: Hub, live: LiveFanout, *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _listen_forever(self, db: Database, services: Services, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the LISTEN connection; on loss, back off, reconnect and wake every session.
 
         Reports started after the first attempt, successful or not: a node whose
         LISTEN connection is down still serves, with its own writes' wake-ups.
         """
+        hub, live = services.hub, services.live
         backoff = 0.1
         started = False
 
@@ -306,7 +343,9 @@ class Server:
             if echo is not None:
                 echo.hinted(hint)
             from_this_node = pid in db.backend_pids
-            if isinstance(hint, hints.ChannelMessage):
+            if isinstance(hint, hints.Live):
+                services.delivery.received(hint)
+            elif isinstance(hint, hints.ChannelMessage):
                 # This node's own large-channel writes were pushed by the writer.
                 if not from_this_node:
                     live.hinted(hint.channel_id, hint.seq)

@@ -142,6 +142,13 @@ node_echo = Table(
     Column("at", TIMESTAMPTZ, nullable=False),
 )
 
+user_presence = Table(
+    "user_presence",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("last_seen", TIMESTAMPTZ, nullable=False),
+)
+
 schema_migrations = Table(
     "schema_migrations",
     metadata,

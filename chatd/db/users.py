@@ -7,6 +7,7 @@ connections it holds for them (chatd.hints).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from chatd import hints
@@ -34,9 +35,10 @@ ORDER BY username LIMIT $2
 """
 #: Id 0 is the system user of the echo probe (migrations/0007_ops.sql): no one's to see.
 _ALL_USERS = "SELECT id, username, display_name, is_admin, disabled FROM users WHERE id > 0 ORDER BY id"
-#: ``last_seen`` read through to_jsonb, so that the query works whether or not the
-#: column exists (presence adds it; NULL until then).
-_LAST_SEEN = "SELECT u.id, (to_jsonb(u) ->> 'last_seen') AS last_seen FROM users u WHERE u.id > 0"
+#: Presence keeps each user's last frame time in user_presence (migrations/0004_receipts_presence.sql).
+_LAST_SEEN = """
+SELECT u.id, p.last_seen FROM users u LEFT JOIN user_presence p ON p.user_id = u.id WHERE u.id > 0
+"""
 _SET_DISABLED = "UPDATE users SET disabled = $2 WHERE lower(username) = lower($1) AND id > 0 RETURNING id"
 _REVOKE_USER_DEVICES = "UPDATE devices SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL"
 _SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE lower(username) = lower($1) AND id > 0 RETURNING id"
@@ -99,8 +101,8 @@ class UserStore:
 
         return [records.user(r) for r in await self.db.read(unit)]
 
-    async def last_seen(self) -> dict[int, str | None]:
-        """Each user's ``last_seen`` as PostgreSQL spells it (None: never, or no presence column)."""
+    async def last_seen(self) -> dict[int, datetime | None]:
+        """Each user's last frame time (None: never seen)."""
 
         async def unit(conn: Connection) -> list[Any]:
             return list(await conn.fetch(_LAST_SEEN))
