@@ -21,13 +21,13 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from chatd import hints
-from chatd.metrics import Metrics, NodeGauges, NoPushQueue, PushQueueProvider, Registry
 from chatd.config import Config
 from chatd.db.bridge import Database
 from chatd.db.migrate import is_current, migrate
 from chatd.db.stores import Stores
 from chatd.errors import Unavailable
 from chatd.hub import Hub
+from chatd.metrics import Metrics, NodeGauges, NoPushQueue, PushQueueProvider, Registry
 from chatd.services.admin import AdminService
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
