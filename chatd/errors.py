@@ -64,3 +64,8 @@ class Unavailable(ChatdError):
     """The store could not be reached or could not commit; nothing was stored."""
 
     code, status = "unavailable", 503
+
+
+class StartupError(Exception):
+    """The server cannot start for a reason the admin fixes in the configuration
+    (a port in use, a host that does not resolve): one line naming the key."""

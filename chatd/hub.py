@@ -13,6 +13,8 @@ this one; duplicates are harmless).
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 #: Recent events kept per watched user, so live delivery of this node's own
 #: writes needs no database read. Bounded: older ones are re-read if needed.
 RECENT_EVENTS = 64
+#: (head, time) of the latest advances per watched user, for the inbox backlog gauge.
+ADVANCE_STAMPS = 16
 
 
 class InboxSignal:
@@ -40,13 +44,15 @@ class InboxSignal:
     (:meth:`events_after`), the fast path of live delivery.
     """
 
-    __slots__ = ("head", "event", "users", "recent")
+    __slots__ = ("head", "event", "users", "recent", "stamps")
 
     def __init__(self) -> None:
         self.head = 0
         self.event = trio.Event()
         self.users = 0
         self.recent: dict[int, InboxEvent] = {}
+        #: When this node heard of each recent head: ``chatd_inbox_backlog_seconds``.
+        self.stamps: deque[tuple[int, float]] = deque(maxlen=ADVANCE_STAMPS)
 
     def remember(self, event: InboxEvent) -> None:
         self.recent[event.inbox_seq] = event
@@ -66,11 +72,20 @@ class InboxSignal:
             found.append(event)
         return found
 
+    def heard_after(self, cursor: int) -> float:
+        """When this node first heard of an event after ``cursor`` (the oldest stamp kept,
+        when that one is older than what is remembered)."""
+        for head, stamp in self.stamps:
+            if head > cursor:
+                return stamp
+        return self.stamps[0][1] if self.stamps else time.monotonic()
+
     def fire(self, head: int | None) -> None:
         if head is not None:
             if head <= self.head:
                 return
             self.head = head
+            self.stamps.append((head, time.monotonic()))  # not trio's clock: fired from sync code too
         self.event.set()
         self.event = trio.Event()
 
@@ -80,6 +95,8 @@ class Drainable(Protocol):
 
     user_id: int
     device_id: int
+    #: The last inbox_seq queued to the client while it follows its inbox; None before ``sync``.
+    delivered: int | None
 
     def drain(self, after_ms: int) -> None: ...
 
@@ -192,6 +209,24 @@ class Hub:
     def connection_counts(self) -> dict[int, int]:
         """Local connections per user (for the node registry)."""
         return {user_id: len(sessions) for user_id, sessions in self._sessions.items()}
+
+    def backlog_seconds(self) -> float:
+        """Age of the oldest event this node knows of that a connection following its inbox
+        has not yet been handed (0 when every such connection is caught up).
+
+        Walks every local connection: meant for a scrape, not for a hot path.
+        """
+        now = time.monotonic()
+        oldest = now
+        for user_id, sessions in self._sessions.items():
+            signal = self._signals.get(user_id)
+            if signal is None or not signal.stamps:  # nothing arrived since it subscribed
+                continue
+            for session in sessions:
+                delivered = session.delivered
+                if delivered is not None and delivered < signal.head:
+                    oldest = min(oldest, signal.heard_after(delivered))
+        return now - oldest
 
     def connected_users(self) -> list[int]:
         return list(self._sessions)

@@ -266,6 +266,16 @@ class InboxEvent:
 
 
 @attrs.frozen
+class EchoRecord:
+    """A node's last echo-probe round, for ``chatd stats`` (roundtrip_s None when it failed)."""
+
+    node: str
+    roundtrip_s: float | None
+    error: str | None
+    at: datetime
+
+
+@attrs.frozen
 class NodeState:
     """A node's row in the registry, for ``chatd stats``."""
 

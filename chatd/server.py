@@ -29,10 +29,12 @@ from chatd.db.stores import Stores
 from chatd.drain import reconnect_spread_ms
 from chatd.errors import Unavailable
 from chatd.hub import Hub
+from chatd.metrics import Metrics, NodeGauges, PushQueueProvider, Registry
 from chatd.services.admin import AdminService
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
+from chatd.services.echo import EchoProbe
 from chatd.db.livehints import LiveHintStore
 from chatd.services.conversation import ConversationService
 from chatd.services.inbox import InboxService
@@ -80,6 +82,7 @@ class Services:
     live: LiveFanout
     #: Control frames (sync, ping, typing, presence_subscribe) per user on this node.
     control: RateLimiter
+    echo: EchoProbe
     #: Receipts, typing and presence (issue 9): the live bus and its users.
     bus: LiveBus
     delivery: LiveDelivery
@@ -115,6 +118,7 @@ class Services:
         writer = SendWriter(
             stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
         )
+        inbox = InboxService(stores.inbox, hub)
         live_hints = LiveHintStore(db)
         bus = LiveBus(live_hints, config.node_name)
         presence = PresenceService(stores.presence, bus, config.node_name, timeout_s=config.presence.timeout_s)
@@ -152,11 +156,12 @@ class Services:
                 max_text_chars=config.limits.max_text_chars,
                 inbox_max_members=config.fanout.inbox_max_members,
             ),
-            inbox=InboxService(stores.inbox, hub),
+            inbox=inbox,
             writer=writer,
             registry=NodeRegistry(stores.nodes, hub, config.node_name),
             live=live,
             control=RateLimiter(CONTROL_RATE_PER_USER_S, CONTROL_BURST_PER_USER),
+            echo=EchoProbe(writer, inbox, hub, stores.nodes, config.node_name),
             bus=bus,
             delivery=LiveDelivery(live_hints, hub, presence.hinted),
             receipt_writer=receipt_writer,
@@ -172,12 +177,15 @@ class Services:
 class Server:
     """One chatd node: start it with ``nursery.start(server.run)``; it reports its URL."""
 
-    def __init__(self, config: Config, dsn: str) -> None:
+    def __init__(self, config: Config, dsn: str, *, push_queue: PushQueueProvider | None = None) -> None:
         self.config = config
         self.dsn = dsn
         self._stop = trio.Event()
         self.services: Services | None = None
         self.db: Database | None = None
+        self.metrics: Metrics | None = None
+        #: What the push gauges read: the push outbox (chatd.db.push), unless a test gives another.
+        self.push_queue = push_queue
 
     def stop(self) -> None:
         """Begin the graceful stop (idempotent)."""
@@ -195,6 +203,7 @@ class Server:
         try:
             await migrate(db)
             self.services = services = Services.build(db, cfg)
+            self.metrics = self._metrics(db, services)
             app = self._asgi_app(services)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._listen_forever, db, services)
@@ -206,6 +215,7 @@ class Server:
                 await nursery.start(services.live.run)
                 url = await nursery.start(self._serve_http, app)
                 await nursery.start(services.registry.run, url)
+                await nursery.start(services.echo.run)
                 log.info("node %s listening on %s", cfg.node_name, url)
                 task_status.started(url)
                 # After the announcement: its imports cost start-up time (chatd.services.push).
@@ -220,6 +230,34 @@ class Server:
         finally:
             await db.close()
 
+    def _metrics(self, db: Database, services: Services) -> Metrics:
+        async def pool_in_use() -> int:
+            idle, size = await db.pool_sizes()
+            return size - idle
+
+        async def registry() -> Registry:
+            nodes = await services.admin.nodes()
+            return Registry(
+                sum(1 for n in nodes if n.alive), any(n.alive and n.name == self.config.node_name for n in nodes)
+            )
+
+        echo = services.echo
+        return Metrics(NodeGauges(
+            backlog=services.hub.backlog_seconds,
+            notify_lag=lambda: echo.notify_lag_s,
+            pool_in_use=pool_in_use,
+            push=self.push_queue or services.stores.push,
+            database_up=self._ready,
+            registry=registry,
+        ))
+
+    async def _scrape(self) -> bytes:
+        assert self.metrics is not None
+        return await self.metrics.scrape()
+
+    def _echo_status(self) -> dict[str, object]:
+        return self.services.echo.status.to_json() if self.services is not None else {"ok": None}
+
     def _asgi_app(self, services: Services) -> Any:
         cfg = self.config
         origins = OriginPolicy(cfg.security.allowed_origins)
@@ -233,6 +271,8 @@ class Server:
             presence=services.presence,
             conversation=services.conversation,
             ready=self._ready,
+            echo_status=self._echo_status,
+            scrape=self._scrape,
             max_group_members=cfg.limits.max_group_members,
             origins=origins,
             body_timeout_s=cfg.server.body_timeout_s,
@@ -339,8 +379,12 @@ class Server:
             else:
                 log.info("LISTEN connection restored")
 
+        echo = self.services.echo if self.services is not None else None
+
         def notified(pid: int, payload: str) -> None:
             hint = hints.parse(payload)
+            if echo is not None:
+                echo.hinted(hint)
             from_this_node = pid in db.backend_pids
             if isinstance(hint, hints.Live):
                 services.delivery.received(hint)

@@ -109,11 +109,12 @@ async def add_users(cwd: Path, db_url: str, *names: str) -> None:
 
 
 def user_rows(result: Result) -> dict[str, tuple[int, str, str]]:
-    """``user list`` as {username: (user_id, display_name, flags)}."""
+    """``user list`` as {username: (user_id, display_name, flags)} (last seen: tests/test_ops.py)."""
     assert result.rc == 0, result
     rows = {}
     for line in result.lines:
-        user_id, username, display_name, flags = line.split("\t")
+        user_id, username, display_name, flags, last_seen = line.split("\t")
+        assert last_seen.startswith("last seen "), line
         rows[username] = (int(user_id), display_name, flags)
     return rows
 
@@ -380,7 +381,8 @@ BREAKAGES = [
         "UPDATE members SET read_seq = 99", "receipt watermark past the channel's last_seq", id="watermark-past"
     ),
     pytest.param(
-        "UPDATE members SET read_seq = 2, delivered_seq = 1",
+        # (channel 0, the echo probe's, has no message yet here: its watermarks would pass last_seq)
+        "UPDATE members SET read_seq = 2, delivered_seq = 1 WHERE channel_id > 0",
         "read watermark past the delivered one",
         id="read-past-delivered",
     ),

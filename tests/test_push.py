@@ -16,6 +16,7 @@ from chatd.services import push as push_service
 from chatd.services.push_targets import is_public
 from benchmarks.receivers import Receiver, WebPushReceiver
 from tests.support import ChatUser, RunningServer, http, running_server, ws_client
+from tests.test_metrics import scrape, value
 
 PRIVATE_OK = {"push": {"allow_private_targets": True}}
 PAYLOAD_KEYS = {"user_id", "channel_id", "seq", "sender_id", "sender_name", "channel_name", "mention", "preview"}
@@ -67,6 +68,18 @@ async def test_webhook_push_to_an_offline_user_with_the_payload(db_url: str) -> 
             while await outbox(srv):
                 await trio.sleep(0.05)
         assert len(hook.received) == 1
+
+
+async def test_a_mention_is_flagged_in_the_push(db_url: str) -> None:
+    """PROTOCOL §7/§10: the payload's ``mention`` is true for the recipient the text names."""
+    async with Receiver().running() as hook, running_server(db_url, PRIVATE_OK) as srv:
+        alice, bob = await srv.user("alice"), await srv.user("bob")
+        await subscribe(srv, bob, {"kind": "webhook", "url": hook.url})
+        await dm_send(srv, alice, bob, "plain words", "m1")
+        await dm_send(srv, alice, bob, "@bob have a look", "m2")
+        received = await hook.wait_for(2)
+        flags = {json.loads(r.body)["seq"]: json.loads(r.body)["mention"] for r in received}
+        assert flags == {1: False, 2: True}
 
 
 async def test_preview_is_null_when_disabled(db_url: str) -> None:
@@ -136,6 +149,10 @@ async def test_a_pending_push_survives_a_restart(db_url: str) -> None:
                     await trio.sleep(0.05)
             [pending] = await outbox(srv)
             assert pending["attempts"] == 1 and pending["last_error"] == "HTTP 503"
+            # The queue shows on /metrics (read from the outbox, so every node sees every node's pushes).
+            _, samples = await scrape(srv)
+            assert value(samples, "chatd_push_queue_depth") == 1
+            assert value(samples, "chatd_push_oldest_seconds") > 0
         # The node is gone; a new one finds the push in the database and delivers it.
         async with running_server(db_url, PRIVATE_OK) as again:
             await hook.wait_for(2, timeout=30)

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from benchmarks import probe
 from benchmarks.clients import Client
 from benchmarks.harness import Outcome, RunContext
 from benchmarks.report import fmt
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=float, default=300.0,
                    help="give up if the connections are not all open after this (default 300 s)")
     p.add_argument("--workers", type=int, default=4, help="client worker processes (default 4)")
+    p.add_argument("--scrapes", type=int, default=20, help="/metrics scrapes after the window, back to back (default 20)")
     p.add_argument("--connect-concurrency", type=int, default=32,
                    help="connections being opened at once per worker (default 32)")
 
@@ -80,9 +82,12 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         profiler = ctx.profiler()
         if profiler:
             profiler.start()
+        echo_before = await probe.scrape(ctx.server.url)
         async with ctx.window(pool) as window:
             await trio.sleep(args.idle_seconds)
         profile = profiler.stop() if profiler else None
+        echo = probe.echo_window(echo_before, await probe.scrape(ctx.server.url))
+        scraping = await probe.scrape_cost(ctx.server, args.scrapes, window.server_cpu_s / window.seconds)
         await pool.broadcast({"cmd": "stop"})
         done = await pool.gather(60, "done")
     n = sum(r["connected"] for r in connected)
@@ -104,6 +109,8 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         "heartbeat_s": args.heartbeat,
         "pings": sum(r["pings"] for r in done),
         "server_nofile": ctx.server.nofile_limit(),
+        "echo_idle": echo,
+        "metrics_scrape": scraping,
     }
     if profile is not None:
         figures["profile"] = profile
@@ -115,6 +122,11 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         ("server CPU idle with C (% of one core)", f"{fmt(idle_cpu_pct)} % "
                                                    f"({fmt(figures['idle_server_cpu_ms_per_ping'])} ms per ping)"),
         ("server CPU idle with 0", f"{fmt(figures['empty_server_cpu_pct'])} %"),
+        ("echo probe round trip with C: rounds / mean / p50 / p99",
+         f"{echo['rounds']} / {echo.get('mean_ms')} / {echo.get('p50_ms')} / {echo.get('p99_ms')} ms"),
+        ("/metrics scrape with C: wall p50 / max, server CPU per scrape",
+         f"{scraping['wall_ms_p50']} / {scraping['wall_ms_max']} ms, {scraping['server_cpu_ms_per_scrape']} ms "
+         f"({scraping['bytes']:,} bytes)"),
     ]
     params = {"connections": connections, "connections_asked": args.connections, "heartbeat": args.heartbeat,
               "idle_seconds": args.idle_seconds,

@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from benchmarks import probe
 from benchmarks.fixtures import open_dms
 from benchmarks.harness import Outcome, RunContext
 from benchmarks.report import fmt, ms
@@ -76,9 +77,11 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         profiler = ctx.profiler()
         if profiler:
             profiler.start()
+        echo_before = await probe.scrape(ctx.server.url)
         async with ctx.window(pool) as window:
             await sleep_until(stop)
         profile = profiler.stop() if profiler else None
+        echo = probe.echo_window(echo_before, await probe.scrape(ctx.server.url))
         sent = await pool.gather(args.seconds + 60, "sent")
         await pool.broadcast({"cmd": "expect", "acked": merge_acked(r["acked"] for r in sent), "timeout": 30})
         done = await pool.gather(60, "delivered")
@@ -99,6 +102,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         "send_deliver_ms": deliver,
         "send_lag_ms": lag,
         "server_cpu_ms_per_msg": round(window.server_cpu_s / max(1, acked_in_window) * 1000, 3),
+        "echo_under_load": echo,
     }
     if profile is not None:
         figures["profile"] = profile
@@ -111,6 +115,8 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         ("send->deliver p50 / p95 / p99 / p99.9", ms(deliver, *PERCENTILES)),
         ("client send lag p99 (due -> written)", ms(lag, "p99")),
         ("server CPU per message", f"{fmt(figures['server_cpu_ms_per_msg'])} ms"),
+        ("echo probe round trip: rounds / mean / p50 / p99",
+         f"{echo['rounds']} / {echo.get('mean_ms')} / {echo.get('p50_ms')} / {echo.get('p99_ms')} ms"),
     ]
     params = {"users": len(users), "rate": args.rate, "seconds": args.seconds, "workers": workers,
               "text_chars": args.text_chars}

@@ -41,6 +41,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -52,6 +53,9 @@ from asyncpg.pool import PoolConnectionProxy
 from chatd.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+#: A unit of work (pool wait, statements, commit) slower than this is logged as slow.
+SLOW_UNIT_S = 0.5
 
 T = TypeVar("T")
 if TYPE_CHECKING:
@@ -501,10 +505,15 @@ class Database:
         return await self._run(unit, transaction=False)
 
     async def _run(self, unit: Unit[T], *, transaction: bool) -> T:
+        started = time.perf_counter()
         try:
             return await self._bridge.run(_run_unit, self._pool, unit, transaction)
         except _UNAVAILABLE as exc:
             raise Unavailable(f"database unavailable: {_describe(exc)}") from exc
+        finally:
+            if (took := time.perf_counter() - started) > SLOW_UNIT_S:
+                log.info("slow %s: %s took %.3fs (pool wait included)",
+                            "transaction" if transaction else "read", unit.__qualname__, took)
 
     async def pool_sizes(self) -> tuple[int, int]:
         """(idle, total) connections: idle ones are not lent to a unit (tests check none leaks)."""

@@ -63,7 +63,7 @@ WHERE id = $1
 _RENAME = "UPDATE channels SET name = $2 WHERE id = $1"
 _ALL_CHANNELS = """
 SELECT c.id, c.kind, c.name, c.member_count, c.last_seq, coalesce(u.username, '') AS creator
-FROM channels c LEFT JOIN users u ON u.id = c.created_by ORDER BY c.id
+FROM channels c LEFT JOIN users u ON u.id = c.created_by WHERE c.id > 0 ORDER BY c.id
 """
 _CHANNEL_ACTOR = """
 SELECT coalesce(
@@ -72,7 +72,8 @@ SELECT coalesce(
     (SELECT min(user_id) FROM members WHERE channel_id = $1))
 """
 _MEMBERS_AMONG = "SELECT user_id FROM members WHERE channel_id = $1 AND user_id = ANY($2::bigint[])"
-_GROUP_BY_NAME = "SELECT id FROM channels WHERE kind = 'group' AND name = $1 ORDER BY id"
+#: Channel 0 (the echo probe's, migrations/0007_ops.sql) is left out of every admin's list and lookup.
+_GROUP_BY_NAME = "SELECT id FROM channels WHERE kind = 'group' AND name = $1 AND id > 0 ORDER BY id"
 
 
 class ChannelStore:

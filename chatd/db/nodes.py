@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from chatd.db.bridge import Connection, Database
-from chatd.models import Heartbeat, NodeState
+from chatd.models import EchoRecord, Heartbeat, NodeState
 
 _REGISTER_NODE = """
 INSERT INTO nodes (name, url) VALUES ($1, $2)
@@ -30,6 +30,13 @@ _NODES = """
 SELECT name, url, started_at, heartbeat_at, connections,
        heartbeat_at >= now() - make_interval(secs => $1) AS alive
 FROM nodes ORDER BY name
+"""
+_RECORD_ECHO = """
+INSERT INTO node_echo (node, roundtrip_s, error) VALUES ($1, $2, $3)
+ON CONFLICT (node) DO UPDATE SET roundtrip_s = $2, error = $3, at = now()
+"""
+_ECHOES = """
+SELECT e.node, e.roundtrip_s, e.error, e.at FROM node_echo e JOIN nodes n ON n.name = e.node ORDER BY e.node
 """
 _NODE_CONNECTIONS = """
 SELECT substr(application_name, 7) AS node, count(*) AS n FROM pg_stat_activity
@@ -94,3 +101,19 @@ class NodeStore:
             return list(await conn.fetch(_NODE_CONNECTIONS))
 
         return {r["node"]: r["n"] for r in await self.db.read(unit)}
+
+    async def record_echo(self, name: str, roundtrip_s: float | None, error: str | None) -> None:
+        """This node's last echo round (chatd.services.echo), for ``chatd stats``."""
+
+        async def unit(conn: Connection) -> None:
+            await conn.execute(_RECORD_ECHO, name, roundtrip_s, error)
+
+        await self.db.transaction(unit)
+
+    async def echoes(self) -> list[EchoRecord]:
+        """The last echo round of every registered node."""
+
+        async def unit(conn: Connection) -> list[Any]:
+            return list(await conn.fetch(_ECHOES))
+
+        return [EchoRecord(r["node"], r["roundtrip_s"], r["error"], r["at"]) for r in await self.db.read(unit)]

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from chatd.db.bridge import Connection, Database
+from chatd.metrics import PushQueue
 from chatd.models import PushJob, PushSubscription
 
 # Recipients with no live connection on any node (the registry's node_users),
@@ -127,9 +128,24 @@ def _job(record: Any, include_preview: bool) -> PushJob:
     return PushJob(record["id"], subscription(record), record["attempts"], record["created_at"], payload)
 
 
+_QUEUE = """
+SELECT count(*) AS depth, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_s
+FROM push_outbox
+"""
+
+
 class PushStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    async def push_queue(self) -> PushQueue:
+        """Deliveries queued on every node, and the oldest one's age (for /metrics and ``chatd stats``)."""
+
+        async def unit(conn: Connection) -> Any:
+            return await conn.fetchrow(_QUEUE)
+
+        row = await self.db.read(unit)
+        return PushQueue(depth=row["depth"], oldest_s=row["oldest_s"])
 
     async def subscribe(
         self, user_id: int, device_id: int, kind: str, url: str, p256dh: str | None, auth: str | None

@@ -16,6 +16,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Computed,
+    Double,
     ForeignKey,
     Identity,
     Index,
@@ -176,6 +177,15 @@ node_users = Table(
     Column("since", TIMESTAMPTZ, nullable=False),
     PrimaryKeyConstraint("node", "user_id"),
     Index("node_users_user_id_idx", "user_id"),
+)
+
+node_echo = Table(
+    "node_echo",
+    metadata,
+    Column("node", Text, primary_key=True),
+    Column("roundtrip_s", Double),
+    Column("error", Text),
+    Column("at", TIMESTAMPTZ, nullable=False),
 )
 
 user_presence = Table(

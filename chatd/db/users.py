@@ -7,6 +7,7 @@ connections it holds for them (chatd.hints).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from chatd import hints
@@ -28,14 +29,19 @@ FROM users WHERE lower(username) = lower($1)
 _USER_BY_ID = "SELECT id, username, display_name, is_admin, disabled FROM users WHERE id = $1"
 _SEARCH_USERS = """
 SELECT id, username, display_name, is_admin, disabled FROM users
-WHERE NOT disabled
+WHERE NOT disabled AND id > 0
   AND ($1 = '' OR strpos(lower(username), lower($1)) > 0 OR strpos(lower(display_name), lower($1)) > 0)
 ORDER BY username LIMIT $2
 """
-_ALL_USERS = "SELECT id, username, display_name, is_admin, disabled FROM users ORDER BY id"
-_SET_DISABLED = "UPDATE users SET disabled = $2 WHERE lower(username) = lower($1) RETURNING id"
+#: Id 0 is the system user of the echo probe (migrations/0007_ops.sql): no one's to see.
+_ALL_USERS = "SELECT id, username, display_name, is_admin, disabled FROM users WHERE id > 0 ORDER BY id"
+#: Presence keeps each user's last frame time in user_presence (migrations/0004_receipts_presence.sql).
+_LAST_SEEN = """
+SELECT u.id, p.last_seen FROM users u LEFT JOIN user_presence p ON p.user_id = u.id WHERE u.id > 0
+"""
+_SET_DISABLED = "UPDATE users SET disabled = $2 WHERE lower(username) = lower($1) AND id > 0 RETURNING id"
 _REVOKE_USER_DEVICES = "UPDATE devices SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL"
-_SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE lower(username) = lower($1) RETURNING id"
+_SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE lower(username) = lower($1) AND id > 0 RETURNING id"
 _INSERT_DEVICE = "INSERT INTO devices (user_id, name, token_hash) VALUES ($1, $2, $3) RETURNING id"
 _AUTHENTICATE = """
 SELECT d.id AS device_id, u.id AS user_id, u.is_admin, u.inbox_head
@@ -94,6 +100,14 @@ class UserStore:
             return list(await conn.fetch(_ALL_USERS))
 
         return [records.user(r) for r in await self.db.read(unit)]
+
+    async def last_seen(self) -> dict[int, datetime | None]:
+        """Each user's last frame time (None: never seen)."""
+
+        async def unit(conn: Connection) -> list[Any]:
+            return list(await conn.fetch(_LAST_SEEN))
+
+        return {r["id"]: r["last_seen"] for r in await self.db.read(unit)}
 
     async def disable(self, username: str) -> int:
         """Disable the user and revoke every token it holds; returns its id."""

@@ -12,10 +12,14 @@ from chatd.db.bridge import Connection, Database
 from chatd.models import Stats
 
 _STATS = """
-SELECT (SELECT count(*) FROM users) AS users,
-       (SELECT count(*) FROM channels) AS channels,
-       (SELECT count(*) FROM messages) AS messages,
-       (SELECT count(*) FROM inbox) AS inbox_events
+SELECT (SELECT count(*) FROM users WHERE id > 0) AS users,
+       (SELECT count(*) FROM channels WHERE id > 0) AS channels,
+       (SELECT count(*) FROM messages WHERE channel_id > 0) AS messages,
+       (SELECT count(*) FROM inbox WHERE user_id > 0) AS inbox_events
+"""
+#: (Id 0 is the echo probe's system user and channel: counted apart, see migrations/0007_ops.sql.)
+_TABLE_COUNT = """
+SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
 """
 #: The stored invariants; each query returns rows only when something is broken.
 VERIFY_CHECKS: tuple[tuple[str, str], ...] = (
@@ -182,3 +186,19 @@ class Checks:
 
         r = await self.db.read(unit)
         return Stats(users=r["users"], channels=r["channels"], messages=r["messages"], inbox_events=r["inbox_events"])
+
+    async def table_count(self) -> int:
+        """Tables outside PostgreSQL's own schemas: 0 for an empty database (restore's target)."""
+
+        async def unit(conn: Connection) -> int:
+            return int(await conn.fetchval(_TABLE_COUNT))
+
+        return await self.db.read(unit)
+
+    async def server_version(self) -> str:
+        """The server's ``version()`` line, for ``chatd stats``."""
+
+        async def unit(conn: Connection) -> str:
+            return str(await conn.fetchval("SELECT version()"))
+
+        return await self.db.read(unit)

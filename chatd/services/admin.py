@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from chatd.db.nodes import NodeStore
 from chatd.db.verify import Checks
-from chatd.models import NodeState, Stats
+from chatd.models import EchoRecord, NodeState, Stats
 from chatd.services.cluster import EXPIRY_S
 
 
@@ -19,6 +19,13 @@ class AdminService:
     async def nodes(self) -> list[NodeState]:
         """The registered nodes; ``alive`` when heard from within the cluster's expiry."""
         return await self.nodes_store.all(EXPIRY_S)
+
+    async def echoes(self) -> list[EchoRecord]:
+        """Each registered node's last echo-probe round."""
+        return await self.nodes_store.echoes()
+
+    async def server_version(self) -> str:
+        return await self.checks.server_version()
 
     async def database_connections(self) -> dict[str, int]:
         return await self.nodes_store.connections()

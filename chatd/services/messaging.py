@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from chatd import metrics
 from chatd.db.messages import MessageStore
 from chatd.errors import Invalid, RateLimited, TooLarge
 from chatd.limits import MAX_CLIENT_MSG_ID_CHARS, is_client_msg_id
@@ -44,6 +45,7 @@ class MessageService:
         self.writer = writer
         self.max_text_chars = max_text_chars
 
+    @metrics.measured_send
     async def send(
         self,
         principal: Principal,

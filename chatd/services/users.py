@@ -7,6 +7,8 @@ its password revokes every token it holds, on every node.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from chatd.db.users import UserStore
 from chatd.errors import NotFound
 from chatd.models import User
@@ -25,12 +27,15 @@ class UserService:
 
     async def by_name(self, username: str) -> User:
         found = await self.users.credentials(username)
-        if found is None:
+        if found is None or found.user.user_id == 0:  # 0: the system user (migrations/0007_ops.sql)
             raise NotFound(f"no such user: {username}")
         return found.user
 
     async def create(self, username: str, display_name: str, password_hash: str | None, is_admin: bool) -> User:
         return await self.users.create(username, display_name, password_hash, is_admin)
+
+    async def last_seen(self) -> dict[int, datetime | None]:
+        return await self.users.last_seen()
 
     async def all(self) -> list[User]:
         return await self.users.all()

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from chatd import metrics
 from chatd.db.messages import BatchFailed, MessageStore
 from chatd.errors import ChatdError, Unavailable
 from chatd.hub import Hub
@@ -111,6 +112,7 @@ class SendWriter:
             log.warning("batch of %d sends refused (%s); retrying one by one", len(batch), exc)
             results = [await self._commit_one(r) for r in requests]
         self.batches += 1
+        metrics.COMMIT_BATCH.observe(len(batch))
         self.sends += len(batch)
         for pending, result in zip(batch, results):
             if isinstance(result, SendOutcome):

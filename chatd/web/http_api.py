@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestTimeout
 
 from chatd.errors import BadRequest, ChatdError, Invalid, RateLimited, TooLarge, Unauthorized, Unavailable
 from chatd.limits import ID_MAX
+from chatd.metrics import CONTENT_TYPE
 from chatd.models import Channel, Principal
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
@@ -156,6 +157,8 @@ def build_http_app(
     presence: PresenceService | None = None,
     max_group_members: int,
     conversation: ConversationService | None = None,
+    echo_status: Callable[[], dict[str, object]] | None = None,
+    scrape: Callable[[], Awaitable[bytes]] | None = None,
     origins: OriginPolicy | None = None,
     body_timeout_s: float = 30.0,
     push: PushService | None = None,
@@ -228,11 +231,13 @@ def build_http_app(
         headers = {}
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        log.info("refused %s %s: %d %s", request.method, request.path, exc.status, exc.code)
         return error_response(exc.code, exc.message, exc.status, headers)
 
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        log.info("refused %s %s: %d %s", request.method, request.path, status, code_for_status(status))
         if isinstance(exc, RequestTimeout):
             g.body_timed_out = True
             return error_response("bad_request", "the request body did not arrive in time", 408,
@@ -285,9 +290,20 @@ def build_http_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if await ready():
+        """200 while the database is reachable and migrations are current, whatever the echo
+        probe says (a load balancer must not flap on it); the body says how the probe fares."""
+        if not await ready():
+            return error_response("unavailable", "database unreachable or migrations pending", 503)
+        echo = echo_status() if echo_status is not None else None
+        if echo is None:
             return ok({"status": "ready"})
-        return error_response("unavailable", "database unreachable or migrations pending", 503)
+        return ok({"status": "degraded" if echo.get("ok") is False else "ready", "echo": echo})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if scrape is None:
+            return error_response("not_found", "no metrics here", 404)
+        return Response(await scrape(), status=200, content_type=CONTENT_TYPE)
 
     @app.post("/v1/login")
     async def login() -> Response:

@@ -26,8 +26,10 @@ pinned by the version range in pyproject.toml.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -38,6 +40,7 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
+from chatd.errors import StartupError
 from chatd.web.http_errors import error_answer, linger
 from chatd.web.http_conn import HttpConnection, SendBounded, Timeouts
 from chatd.web.http_handoff import HandoffStream, head_asks_upgrade
@@ -79,6 +82,19 @@ def is_websocket_upgrade(head: bytes) -> bool:
     Only the first request's head counts (a pipelined upgrade behind it is the
     keep-alive path's)."""
     return head_asks_upgrade(head)
+
+
+def bind_failure(exc: OSError, host: str, port: int) -> str:
+    """One line saying why listening failed and which key to change."""
+    if isinstance(exc, socket.gaierror):
+        return f"server.host {host!r} cannot be resolved ({exc.strerror}): set server.host"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is in use: set server.port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"server.host {host!r} is not an address of this machine: set server.host"
+    if exc.errno == errno.EACCES:
+        return f"port {port} needs privileges to listen on: set server.port above 1023"
+    return f"cannot listen on {host}:{port} ({exc.strerror or exc}): set server.host and server.port"
 
 
 async def serve(
@@ -134,7 +150,10 @@ async def serve(
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise StartupError(bind_failure(exc, host, port)) from exc
         bound = listeners[0].socket.getsockname()
         async with trio.open_nursery() as handlers:
             async with trio.open_nursery() as accepting:

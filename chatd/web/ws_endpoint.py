@@ -13,6 +13,7 @@ HTTP 401 with the contract's error body.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,6 +24,8 @@ from chatd.web.http_errors import error_answer
 from chatd.wire.codec import WireFormat, choose_subprotocol
 
 Scope = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -48,6 +51,7 @@ def refusal(error: ChatdError) -> bytes:
 
 async def refuse(stream: trio.abc.SendStream, error: ChatdError) -> None:
     """Answer the upgrade request with an HTTP error in the contract's shape."""
+    log.info("refused WebSocket upgrade: %d %s", error.status, error.code)
     await stream.send_all(refusal(error))
 
 

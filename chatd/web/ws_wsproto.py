@@ -36,6 +36,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from chatd import logs
 from chatd.errors import BadRequest, ChatdError, NotFound
 from chatd.web.http_errors import linger
 from chatd.web.origins import OriginPolicy
@@ -192,6 +193,7 @@ class WsprotoEndpoint:
 
     async def __call__(self, stream: trio.abc.Stream, head: bytes) -> None:
         conn_id = next(_conn_ids)
+        logs.bind_connection(conn_id)  # every line logged while serving it carries conn_id
         try:
             accepted = None
             with trio.move_on_after(self._handshake_timeout_s):

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from chatd import logs, metrics
 from chatd.errors import ChatdError, RateLimited, Unavailable
 from chatd.hub import Hub, InboxSignal
 from chatd.models import InboxEvent, Message, Principal
@@ -125,7 +126,7 @@ class Session:
         "transport", "fmt", "principal", "user_id", "device_id", "hub", "inbox", "messages", "settings",
         "control", "_out_send", "_out_recv", "_sends_in", "_nursery", "_pump_scope", "_pending_sync",
         "_sync_wanted", "_close_code", "_close_reason", "_draining", "_log_tag", "_ctl_tokens", "_ctl_stamp",
-        "live",
+        "delivered", "_format_name", "live",
     )
 
     def __init__(
@@ -168,6 +169,10 @@ class Session:
         self._close_reason = ""
         self._draining = False
         self._log_tag = f"conn user={self.user_id} device={self.device_id}"
+        #: The last inbox_seq queued to the client while a ``sync`` is served (None otherwise);
+        #: the hub reads it for chatd_inbox_backlog_seconds.
+        self.delivered: int | None = None
+        self._format_name = "msgpack" if fmt.is_binary else "json"
         #: Receipts, typing and presence (chatd.ws.live), when the node runs them.
         self.live = ConnectionLive(live, principal, self, self._queue) if live is not None else None
 
@@ -175,6 +180,10 @@ class Session:
 
     async def run(self) -> None:
         """Serve the connection until it closes; never raises for the peer's faults."""
+        logs.bind_principal(self.user_id, self.device_id)
+        opened = trio.current_time()
+        log.info("connection open format=%s", self._format_name)
+        metrics.connection_opened(self._format_name)
         self.hub.add_session(self)
         if self.live is not None:
             self.live.seen()
@@ -184,6 +193,7 @@ class Session:
                     self.user_id, self.device_id, self.settings.node, self.settings.heartbeat_s,
                     self.principal.inbox_head,
                 )
+                metrics.frame_out(Welcome)
                 await self.transport.send(encode_frame(welcome, self.fmt))
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -207,9 +217,11 @@ class Session:
                         await self.transport.close(code, self._close_reason)
                     except TransportClosed:
                         pass
-                log.debug("%s closed code=%s %s", self._log_tag, code, self._close_reason)
+                log.info("connection closed code=%s reason=%s duration_s=%.1f",
+                         code, self._close_reason or "peer closed", trio.current_time() - opened)
         finally:
             self.hub.remove_session(self)
+            metrics.connection_closed(self._format_name)
             if self.live is not None:
                 self.live.close()
 
@@ -248,10 +260,12 @@ class Session:
                 try:
                     frame = decode_client_frame(data, self.fmt)
                 except FrameError as exc:
+                    metrics.frame_in("invalid")
                     if self._over_control_budget():
                         return
                     await self._queue(ErrorFrame(exc.code, exc.message, exc.ref))
                     continue
+                metrics.frame_in(frame.TYPE)
                 if not isinstance(frame, (SendFrame, ReceiptFrame)) and self._over_control_budget():
                     return
                 await self._dispatch(frame)
@@ -346,7 +360,7 @@ class Session:
 
     async def _deliver(self, signal: InboxSignal, frame: SyncFrame) -> None:
         """Catch up from the frame's cursor, say ``synced``, then follow the inbox live."""
-        cursor = frame.after
+        cursor = self.delivered = frame.after
         if not await self._cursor_is_known(signal, cursor):
             await self._queue(ErrorFrame("invalid", "after: beyond the inbox head; sync from 0 or inbox_head", frame.ref))
             return
@@ -358,7 +372,7 @@ class Session:
                 events = await self.inbox.read(self.user_id, cursor, PAGE)
             for event in events:
                 await self._queue_event(event)
-                cursor = event.inbox_seq
+                cursor = self.delivered = event.inbox_seq
             if len(events) == PAGE:
                 continue
             if not caught_up:
@@ -369,6 +383,7 @@ class Session:
             await wake.wait()
 
     async def _queue_event(self, event: InboxEvent) -> None:
+        metrics.frame_out("event")
         await self._queue_data(encode_event(event, self.fmt))
 
     async def _writer(self) -> None:
@@ -398,6 +413,7 @@ class Session:
 
     async def _queue(self, frame: ServerFrame) -> None:
         """Queue a frame for the writer; a queue full for send_stall_s closes with 1008."""
+        metrics.frame_out(type(frame))
         await self._queue_data(encode_frame(frame, self.fmt))
 
     async def _queue_data(self, data: str | bytes) -> None:
@@ -428,6 +444,7 @@ class Session:
     def offer(self, frame: ServerFrame) -> None:
         """Queue a frame without waiting (for callers outside this connection): a full
         queue means a slow consumer, closed with 1008; it never makes the caller wait."""
+        metrics.frame_out(type(frame))
         try:
             self._out_send.send_nowait(encode_frame(frame, self.fmt))
         except trio.WouldBlock:
