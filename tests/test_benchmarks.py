@@ -49,6 +49,13 @@ FIGURES: dict[str, list[str]] = {
 CEILING = ["single_insert_tx_per_s_1conn", "single_insert_tx_per_s_8conn",
            "batched_insert_rows_per_s_1conn", "batched_insert_rows_per_s_8conn"]
 
+#: WebSocket ceiling figures (benchmarks/ws_ceiling.py) measured beside the workloads that have that shape.
+WS_CEILING: dict[str, list[str]] = {
+    "fanout": ["fanout_deliveries_per_s", "fanout_written_per_s"],
+    "idle": ["handshakes_per_s"],
+    "storm": ["handshakes_per_s"],
+}
+
 
 def run_workload(name: str, dsn: str, results: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     done = subprocess.run(
@@ -78,6 +85,9 @@ def test_workload_smoke(name: str, databases: Databases, tmp_path: Path) -> None
         assert report["figures"].get(key) is not None, f"{name}: no figure {key!r}"
     for key in CEILING:
         assert report["ceiling"][key] > 0, f"no ceiling figure {key!r}"
+    for key in WS_CEILING.get(name, ()):
+        assert report["ws_ceiling"].get(key, 0) > 0, f"{name}: no WS ceiling figure {key!r}: {report['ws_ceiling']}"
+        assert report["figures"]["of_ws_ceiling"], f"{name}: no fraction of the WS ceiling"
     assert report["server"]["server_rss_mib"] > 0
     if name == "soak":
         figures = report["figures"]
