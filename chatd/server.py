@@ -13,6 +13,7 @@ and their acks go out, then close; hypercorn cancels what is still open after
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -41,6 +42,7 @@ from chatd.web.http_api import build_http_app, json_errors
 from chatd.web.http_conn import Timeouts
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_wsproto import WsprotoEndpoint
+from chatd.ws.heartbeat import sweep_idle
 from chatd.ws.session import Session, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,7 @@ class Server:
                 await nursery.start(self._listen_forever, db, services.hub, services.live)
                 await nursery.start(services.writer.run)
                 await nursery.start(services.live.run)
+                await nursery.start(functools.partial(sweep_idle, services.hub, cfg.server.heartbeat_s))
                 url = await nursery.start(self._serve_http, app)
                 await nursery.start(services.registry.run, url)
                 log.info("node %s listening on %s", cfg.node_name, url)

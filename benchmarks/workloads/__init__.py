@@ -7,4 +7,4 @@ see benchmarks/workers.py), so the two ends of its line protocol sit side by
 side.
 """
 
-NAMES = ("steady", "saturation", "fanout", "idle", "storm", "soak")
+NAMES = ("steady", "saturation", "fanout", "idle", "storm", "soak", "independent")
