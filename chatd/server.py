@@ -103,7 +103,8 @@ class Services:
                 writer,
                 max_text_chars=config.limits.max_text_chars,
             ),
-            inbox=InboxService(stores.inbox, hub),
+            # Catch-up reads in batches, at most half the pool's connections at once.
+            inbox=InboxService(stores.inbox, hub, readers=max(1, config.database.pool_max // 2)),
             writer=writer,
             registry=NodeRegistry(stores.nodes, hub, config.node_name),
             live=live,
@@ -142,6 +143,7 @@ class Server:
                 await nursery.start(self._listen_forever, db, services.hub, services.live)
                 await nursery.start(services.writer.run)
                 await nursery.start(services.live.run)
+                await nursery.start(services.inbox.run)
                 await nursery.start(functools.partial(sweep_idle, services.hub, cfg.server.heartbeat_s))
                 url = await nursery.start(self._serve_http, app)
                 await nursery.start(services.registry.run, url)

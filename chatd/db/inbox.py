@@ -21,6 +21,16 @@ SELECT m.channel_id, m.seq, m.sender_id, m.client_msg_id, m.text, m.created_at
 FROM unnest($1::bigint[], $2::bigint[]) AS k (channel_id, seq)
 JOIN messages m ON m.channel_id = k.channel_id AND m.seq = k.seq
 """
+#: Several users' pages in one statement (``k.i``: the request's position in the batch).
+_INBOX_AFTER_MANY = """
+SELECT k.i, r.inbox_seq, r.kind, r.channel_id, r.seq, r.data
+FROM unnest($1::bigint[], $2::bigint[], $3::int[]) WITH ORDINALITY AS k (user_id, after, lim, i)
+CROSS JOIN LATERAL (
+    SELECT inbox_seq, kind, channel_id, seq, data FROM inbox
+    WHERE inbox.user_id = k.user_id AND inbox.inbox_seq > k.after ORDER BY inbox.inbox_seq LIMIT k.lim
+) AS r
+ORDER BY k.i, r.inbox_seq
+"""
 _INBOX_HEAD = "SELECT inbox_head FROM users WHERE id = $1"
 
 
@@ -56,6 +66,36 @@ class InboxStore:
                 fields = dict(row["data"] or {})
             events.append(InboxEvent(row["inbox_seq"], row["kind"], fields))
         return events
+
+    async def read_many(self, requests: list[tuple[int, int, int]]) -> list[list[InboxEvent]]:
+        """:meth:`read` for several ``(user_id, after, limit)`` at once, in one unit of two statements.
+
+        A reconnect storm has many users behind on the same messages (a group's):
+        each message row is read once for all of them, and its fields are one
+        dict shared by their events (``InboxEvent.shared``), so the codec encodes
+        its body once.
+        """
+
+        async def unit(conn: Connection) -> tuple[list[Any], list[Any]]:
+            rows = list(await conn.fetch(_INBOX_AFTER_MANY, [r[0] for r in requests], [r[1] for r in requests],
+                                         [r[2] for r in requests]))
+            refs = sorted({(r["channel_id"], r["seq"]) for r in rows if r["kind"] == "message"})
+            messages: list[Any] = []
+            if refs:
+                messages = list(await conn.fetch(_MESSAGES_BY_KEY, [c for c, _ in refs], [s for _, s in refs]))
+            return rows, messages
+
+        rows, message_rows = await self.db.read(unit)
+        fields_by_key = {(m["channel_id"], m["seq"]): records.message(m).to_json() for m in message_rows}
+        out: list[list[InboxEvent]] = [[] for _ in requests]
+        for row in rows:
+            if row["kind"] == "message":
+                event = InboxEvent(row["inbox_seq"], row["kind"], fields_by_key[(row["channel_id"], row["seq"])],
+                                   shared=True)
+            else:
+                event = InboxEvent(row["inbox_seq"], row["kind"], dict(row["data"] or {}))
+            out[row["i"] - 1].append(event)
+        return out
 
     async def head(self, user_id: int) -> int:
         """The user's newest ``inbox_seq`` (0 for an empty inbox)."""
