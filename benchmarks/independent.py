@@ -132,7 +132,7 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     window.update(start=start, stop=stop)
     sends = sum(await asyncio.gather(*(sender(u, job["rate"] / len(users), start, stop) for u in users)))
     # Every acknowledged message must reach the partner: wait (bounded) for the last ones.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if all(u.due == {} for u in users) and all(
                 all(seq in partner[u.user_id].seen for seq in u.acked) for u in users):

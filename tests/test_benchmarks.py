@@ -25,6 +25,7 @@ RUN_TIMEOUT_S = 60
 #: Tiny sizes: a few users for a second or two each.
 SMOKE_FLAGS: dict[str, list[str]] = {
     "steady": ["--users", "4", "--rate", "20", "--seconds", "1.5"],
+    "independent": ["--users", "4", "--rate", "20", "--seconds", "1.5"],
     "saturation": ["--pairs", "4", "--start", "1", "--step-seconds", "0.6"],
     "fanout": ["--members", "6", "--senders", "2", "--seconds", "1.5"],
     "idle": ["--connections", "20", "--heartbeat", "1", "--idle-seconds", "1.5", "--settle-seconds", "0.3"],
@@ -40,6 +41,7 @@ RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120}
 #: Figures each workload's JSON must carry (beside the ceiling and the server's).
 FIGURES: dict[str, list[str]] = {
     "steady": ["achieved_msg_per_s", "delivered_msg_per_s", "send_ack_ms", "send_deliver_ms"],
+    "independent": ["achieved_msg_per_s", "delivered_msg_per_s", "send_ack_ms", "send_deliver_ms"],
     "saturation": ["peak_acked_msg_per_s", "peak_delivered_msg_per_s", "peak_send_ack_ms", "steps"],
     "fanout": ["deliveries_per_s", "send_deliver_ms", "reach_everyone_ms"],
     "idle": ["connections", "rss_per_connection_kib", "idle_server_cpu_pct"],

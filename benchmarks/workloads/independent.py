@@ -5,12 +5,12 @@ total), but the clients are asyncio + the ``websockets`` library in one
 process of their own that imports neither chatd nor the load generator: how
 a user with another client library would measure chatd. Figures: send->ack
 and send->deliver p50/p95/p99/p99.9 from the time each send was due,
-achieved and delivered msg/s, and the same exactly-once, in-order checks.
+achieved and delivered msg/s, and the same exactly-once, in-order checks. Flags: steady's (``--workers`` is
+ignored: the independent client is one process).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -21,20 +21,9 @@ import trio
 from benchmarks.fixtures import open_dms
 from benchmarks.harness import ROOT, Outcome, RunContext
 from benchmarks.report import fmt, ms
+from benchmarks.workloads.steady import PERCENTILES, add_arguments, server_env  # noqa: F401 (the same flags)
 
 HELP = "1:1 at R msg/s measured by an independent websockets client"
-PERCENTILES = ("p50", "p95", "p99", "p99.9")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--users", type=int, default=200, help="users, in DM pairs (default 200)")
-    p.add_argument("--rate", type=float, default=500.0, help="offered msg/s in total (default 500)")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of the measured window (default 20)")
-    p.add_argument("--text-chars", type=int, default=60)
-
-
-def server_env(args: argparse.Namespace) -> dict[str, str]:
-    return {}
 
 
 async def orchestrate(ctx: RunContext) -> Outcome:
