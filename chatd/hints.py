@@ -77,11 +77,38 @@ class UserRevoked:
     user_id: int
 
 
-Hint: TypeAlias = InboxHeads | WakeAll | ChannelMessage | DeviceRevoked | UserRevoked
+@attrs.frozen
+class Live:
+    """``e:<node>|<item>;<item>;...``: live, unpersisted news gathered by one node
+    and published together (at most every few tens of milliseconds, never one
+    NOTIFY per frame). Items:
+
+    - ``t<channel>,<user>``: the user is typing in the channel;
+    - ``p<user>,<1|0>,<last_seen_ms>``: the user went online (1) or offline (0)
+      on that node, its last frame at that Unix time in milliseconds;
+    - ``r<channel>,<user>,<d|r>,<seq>``: a large channel's receipt watermark moved.
+
+    Written by Python (:func:`encode_live`, chatd.services.livebus).
+    """
+
+    node: str
+    typing: tuple[tuple[int, int], ...] = ()
+    presence: tuple[tuple[int, bool, int], ...] = ()
+    receipts: tuple[tuple[int, int, str, int], ...] = ()
+
+
+Hint: TypeAlias = InboxHeads | WakeAll | ChannelMessage | DeviceRevoked | UserRevoked | Live
+
+#: Prefix of :class:`Live` hints.
+LIVE_PREFIX = "e:"
+#: Most characters of one NOTIFY payload chatd writes (PostgreSQL's limit is 8000 bytes).
+MAX_PAYLOAD = 7000
 
 
 def parse(payload: str) -> Hint:
     """The hint a payload carries; garbage is :class:`WakeAll` (logged)."""
+    if payload.startswith(LIVE_PREFIX):
+        return _parse_live(payload[len(LIVE_PREFIX):])
     from_batch = payload.startswith(BATCH_PREFIX)
     body = payload[len(BATCH_PREFIX):] if from_batch else payload
     try:
@@ -116,3 +143,47 @@ def _number(text: str) -> int:
     if not text.isdigit():
         raise ValueError(text)
     return int(text)
+
+
+def _parse_live(body: str) -> Live | WakeAll:
+    node, _, items = body.rpartition("|")
+    typing: list[tuple[int, int]] = []
+    presence: list[tuple[int, bool, int]] = []
+    receipts: list[tuple[int, int, str, int]] = []
+    try:
+        for item in items.split(";"):
+            kind, fields = item[:1], item[1:].split(",")
+            if kind == "t" and len(fields) == 2:
+                typing.append((_number(fields[0]), _number(fields[1])))
+            elif kind == "p" and len(fields) == 3 and fields[1] in ("0", "1"):
+                presence.append((_number(fields[0]), fields[1] == "1", _number(fields[2])))
+            elif kind == "r" and len(fields) == 4 and fields[2] in ("d", "r"):
+                state = "read" if fields[2] == "r" else "delivered"
+                receipts.append((_number(fields[0]), _number(fields[1]), state, _number(fields[3])))
+            else:
+                raise ValueError(item)
+    except ValueError:
+        # Live news lost costs nothing durable: no one needs to re-read.
+        log.warning("unreadable live hint %.80r; dropped", body)
+        return Live(node)
+    return Live(node, tuple(typing), tuple(presence), tuple(receipts))
+
+
+def encode_live(hint: Live) -> list[str]:
+    """The payloads of a live hint: as many as needed to keep each under MAX_PAYLOAD."""
+    items = [f"t{c},{u}" for c, u in hint.typing]
+    items += [f"p{u},{int(on)},{ms}" for u, on, ms in hint.presence]
+    items += [f"r{c},{u},{state[0]},{seq}" for c, u, state, seq in hint.receipts]
+    head = f"{LIVE_PREFIX}{hint.node}|"
+    payloads: list[str] = []
+    current: list[str] = []
+    size = len(head)
+    for item in items:
+        if current and size + len(item) + 1 > MAX_PAYLOAD:
+            payloads.append(head + ";".join(current))
+            current, size = [], len(head)
+        current.append(item)
+        size += len(item) + 1
+    if current:
+        payloads.append(head + ";".join(current))
+    return payloads

@@ -21,6 +21,7 @@ import trio
 
 from chatd.hints import DeviceRevoked, InboxHeads, UserRevoked, WakeAll
 from chatd.models import InboxAdvance, InboxEvent, Message
+from chatd.wire.outbound import ServerFrame
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class Drainable(Protocol):
     def revoke(self) -> None: ...
 
     def push_message(self, message: Message) -> None: ...
+
+    def offer(self, frame: ServerFrame) -> None: ...
 
 
 class Hub:
@@ -223,6 +226,12 @@ class Hub:
         for user_id in user_ids:
             for session in list(self._sessions.get(user_id, ())):
                 session.push_message(message)
+
+    def push_frame(self, user_ids: Iterable[int], frame: ServerFrame) -> None:
+        """A live frame (typing, receipt_update) to every local connection of these users."""
+        for user_id in user_ids:
+            for session in list(self._sessions.get(user_id, ())):
+                session.offer(frame)
 
     def revoke_device(self, device_id: int) -> None:
         for session in self._all_sessions():

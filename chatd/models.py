@@ -225,3 +225,77 @@ class Stats:
     channels: int
     messages: int
     inbox_events: int
+
+
+@attrs.frozen
+class ReceiptRequest:
+    """One receipt, as the receipt writer commits it: ``user_id`` has delivered/read up to ``seq``."""
+
+    user_id: int
+    channel_id: int
+    state: str
+    seq: int
+
+
+@attrs.frozen
+class ReceiptChange:
+    """A committed watermark move (PROTOCOL §5): the new ``seq`` of ``state``.
+
+    ``large``: the channel has more members than ``receipts.fanout_max_members``,
+    so no inbox events were written and the change goes out as a live
+    ``receipt_update``; otherwise ``advances`` are the members' new inbox heads.
+    """
+
+    channel_id: int
+    user_id: int
+    state: str
+    seq: int
+    large: bool
+    advances: tuple[InboxAdvance, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"channel_id": self.channel_id, "user_id": self.user_id, "state": self.state, "seq": self.seq}
+
+
+@attrs.frozen
+class Watermarks:
+    user_id: int
+    delivered_seq: int
+    read_seq: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "delivered_seq": self.delivered_seq, "read_seq": self.read_seq}
+
+
+@attrs.frozen
+class ReceiptCounts:
+    """``GET /v1/channels/{id}/receipts?seq=N``: members that delivered/read at least ``seq``."""
+
+    seq: int
+    delivered: int
+    read: int
+    members: tuple[Watermarks, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "delivered": self.delivered,
+            "read": self.read,
+            "members": [m.to_json() for m in self.members],
+        }
+
+
+@attrs.frozen
+class PresenceState:
+    """``{"user_id", "status", "last_seen"}`` (PROTOCOL §6)."""
+
+    user_id: int
+    online: bool
+    last_seen: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "status": "online" if self.online else "offline",
+            "last_seen": format_time(self.last_seen),
+        }

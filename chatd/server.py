@@ -32,7 +32,12 @@ from chatd.services.admin import AdminService
 from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
+from chatd.db.livehints import LiveHintStore
 from chatd.services.inbox import InboxService
+from chatd.services.livebus import LiveBus, LiveDelivery
+from chatd.services.presence import PresenceService
+from chatd.services.receipts import ReceiptService, ReceiptWriter
+from chatd.services.typing import TypingService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter
 from chatd.services.users import UserService
@@ -43,6 +48,7 @@ from chatd.web.http_conn import Timeouts
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_wsproto import WsprotoEndpoint
 from chatd.ws.heartbeat import sweep_idle
+from chatd.ws.live import LiveServices
 from chatd.ws.session import Session, SessionSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,17 @@ class Services:
     live: LiveFanout
     #: Control frames (sync, ping, typing, presence_subscribe) per user on this node.
     control: RateLimiter
+    #: Receipts, typing and presence (issue 9): the live bus and its users.
+    bus: LiveBus
+    delivery: LiveDelivery
+    receipt_writer: ReceiptWriter
+    receipts: ReceiptService
+    presence: PresenceService
+    typing: TypingService
+
+    @property
+    def live_services(self) -> LiveServices:
+        return LiveServices(self.receipt_writer, self.typing, self.presence)
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
@@ -78,6 +95,12 @@ class Services:
         live = LiveFanout(stores.channels, stores.messages, hub)
         writer = SendWriter(
             stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
+        )
+        live_hints = LiveHintStore(db)
+        bus = LiveBus(live_hints, config.node_name)
+        presence = PresenceService(stores.presence, bus, config.node_name, timeout_s=config.presence.timeout_s)
+        receipt_writer = ReceiptWriter(
+            stores.receipts, hub, bus, fanout_max_members=config.receipts.fanout_max_members
         )
         return cls(
             stores=stores,
@@ -109,6 +132,12 @@ class Services:
             registry=NodeRegistry(stores.nodes, hub, config.node_name),
             live=live,
             control=RateLimiter(CONTROL_RATE_PER_USER_S, CONTROL_BURST_PER_USER),
+            bus=bus,
+            delivery=LiveDelivery(live_hints, hub, presence.hinted),
+            receipt_writer=receipt_writer,
+            receipts=ReceiptService(stores.receipts, receipt_writer),
+            presence=presence,
+            typing=TypingService(stores.receipts, bus),
         )
 
 
@@ -140,8 +169,12 @@ class Server:
             self.services = services = Services.build(db, cfg)
             app = self._asgi_app(services)
             async with trio.open_nursery() as nursery:
-                await nursery.start(self._listen_forever, db, services.hub, services.live)
+                await nursery.start(self._listen_forever, db, services)
                 await nursery.start(services.writer.run)
+                await nursery.start(services.bus.run)
+                await nursery.start(services.delivery.run)
+                await nursery.start(services.receipt_writer.run)
+                await nursery.start(services.presence.run)
                 await nursery.start(services.live.run)
                 await nursery.start(services.inbox.run)
                 await nursery.start(functools.partial(sweep_idle, services.hub, cfg.server.heartbeat_s))
@@ -166,6 +199,8 @@ class Server:
             channels=services.channels,
             messages=services.messages,
             inbox=services.inbox,
+            receipts=services.receipts,
+            presence=services.presence,
             ready=self._ready,
             max_group_members=cfg.limits.max_group_members,
             origins=origins,
@@ -179,6 +214,8 @@ class Server:
             send_stall_s=cfg.server.send_stall_s,
         )
 
+        live_services = services.live_services
+
         def make_session(transport: Any, fmt: Any, principal: Any) -> Session:
             return Session(
                 transport,
@@ -189,6 +226,7 @@ class Server:
                 messages=services.messages,
                 settings=settings,
                 control=services.control,
+                live=live_services,
             )
 
         self._ws_fast = WsprotoEndpoint(
@@ -242,14 +280,13 @@ class Server:
         finally:
             self._http_done.set()
 
-    async def _listen_forever(
-        self, db: Database, hub: Hub, live: LiveFanout, *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _listen_forever(self, db: Database, services: Services, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the LISTEN connection; on loss, back off, reconnect and wake every session.
 
         Reports started after the first attempt, successful or not: a node whose
         LISTEN connection is down still serves, with its own writes' wake-ups.
         """
+        hub, live = services.hub, services.live
         backoff = 0.1
         started = False
 
@@ -267,7 +304,9 @@ class Server:
         def notified(pid: int, payload: str) -> None:
             hint = hints.parse(payload)
             from_this_node = pid in db.backend_pids
-            if isinstance(hint, hints.ChannelMessage):
+            if isinstance(hint, hints.Live):
+                services.delivery.received(hint)
+            elif isinstance(hint, hints.ChannelMessage):
                 # This node's own large-channel writes were pushed by the writer.
                 if not from_this_node:
                     live.hinted(hint.channel_id, hint.seq)

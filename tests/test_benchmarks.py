@@ -97,3 +97,18 @@ def test_workload_smoke(name: str, databases: Databases, tmp_path: Path) -> None
         # The server closed hostile sockets that outlived its head timeout, and stayed up for everyone else.
         assert figures["slowloris"]["closed"] > 0, figures["slowloris"]
         assert figures["idle_connected"] == 10 and figures["pings"] > 0
+
+
+def test_receipts_benchmark_smoke(databases: Databases, tmp_path: Path) -> None:
+    """benchmarks/receipts.py at a tiny size: both parts run and print their figures."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.receipts", "--database-url", databases.server_dsn, "--members", "6",
+         "--senders", "2", "--rate", "4", "--seconds", "2", "--typing-seconds", "1.5", "--typers", "12",
+         "--channels", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "with read receipts: messages/s" in out and "write amplification with receipts: rows x" in out, out
+    assert "send -> sender sees first read p50 / p99" in out, out
+    assert "typing every 0.5 s: plain sends acked/s" in out and "NOTIFYs/s" in out, out

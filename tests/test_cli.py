@@ -378,6 +378,11 @@ BREAKAGES = [
     pytest.param(
         "UPDATE members SET read_seq = 99", "receipt watermark past the channel's last_seq", id="watermark-past"
     ),
+    pytest.param(
+        "UPDATE members SET read_seq = 2, delivered_seq = 1",
+        "read watermark past the delivered one",
+        id="read-past-delivered",
+    ),
 ]
 
 

@@ -49,6 +49,7 @@ class FakeSession:
         self.revoked = False
         self.drained: int | None = None
         self.offered: list[Message] = []
+        self.frames: list[object] = []
 
     def drain(self, after_ms: int) -> None:
         self.drained = after_ms
@@ -58,6 +59,9 @@ class FakeSession:
 
     def push_message(self, message: Message) -> None:
         self.offered.append(message)
+
+    def offer(self, frame: object) -> None:
+        self.frames.append(frame)
 
 
 def node_hint(payload: str) -> hints.InboxHeads | hints.WakeAll | hints.DeviceRevoked | hints.UserRevoked:
@@ -137,3 +141,37 @@ def test_take_token_arithmetic() -> None:
     assert take_token(5.0, 0.0, 100.0, 2.0, 5.0) == (4.0, 0.0)
     tokens, wait = take_token(0.0, 0.0, 0.25, 2.0, 5.0)
     assert tokens == 0.5 and wait == pytest.approx(0.25)
+
+
+def test_live_hints_round_trip_and_split_under_the_payload_limit() -> None:
+    hint = hints.Live(
+        "node|a", typing=((3, 4), (3, 5)), presence=((7, True, 1_700_000_000_123), (8, False, 12)),
+        receipts=((9, 7, "read", 40), (9, 8, "delivered", 41)),
+    )
+    (payload,) = hints.encode_live(hint)
+    assert payload.startswith("e:node|a|")
+    assert hints.parse(payload) == hint
+    big = hints.Live("n", typing=tuple((c, 10**12 + c) for c in range(1, 2000)))
+    payloads = hints.encode_live(big)
+    assert len(payloads) > 1 and all(len(p) <= hints.MAX_PAYLOAD for p in payloads)
+    parsed = [hints.parse(p) for p in payloads]
+    assert all(isinstance(p, hints.Live) for p in parsed)
+    assert tuple(t for p in parsed if isinstance(p, hints.Live) for t in p.typing) == big.typing
+    assert hints.encode_live(hints.Live("n")) == []
+
+
+@pytest.mark.parametrize("payload", ["e:n|", "e:n|x1", "e:n|t1", "e:n|p1,2,3", "e:n|r1,2,x,4", "e:n|t1,a"])
+def test_garbage_live_hint_is_dropped_not_a_wake_up(payload: str) -> None:
+    assert hints.parse(payload) == hints.Live("n")
+
+
+def test_hub_pushes_live_frames_to_every_local_connection_of_the_users() -> None:
+    from chatd.wire.outbound import TypingNotice
+
+    hub = Hub()
+    sessions = [FakeSession(1, 10), FakeSession(1, 11), FakeSession(2, 20)]
+    for session in sessions:
+        hub.add_session(session)
+    frame = TypingNotice(5, 3)
+    hub.push_frame([1, 7], frame)
+    assert [s.frames for s in sessions] == [[frame], [frame], []]

@@ -132,6 +132,13 @@ node_users = Table(
     Index("node_users_user_id_idx", "user_id"),
 )
 
+user_presence = Table(
+    "user_presence",
+    metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("last_seen", TIMESTAMPTZ, nullable=False),
+)
+
 schema_migrations = Table(
     "schema_migrations",
     metadata,

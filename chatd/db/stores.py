@@ -15,6 +15,8 @@ from chatd.db.channels import ChannelStore
 from chatd.db.inbox import InboxStore
 from chatd.db.messages import MessageStore
 from chatd.db.nodes import NodeStore
+from chatd.db.presence import PresenceStore
+from chatd.db.receipts import ReceiptStore
 from chatd.db.users import UserStore
 from chatd.db.verify import Checks
 
@@ -28,6 +30,8 @@ class Stores:
     inbox: InboxStore
     nodes: NodeStore
     checks: Checks
+    receipts: ReceiptStore
+    presence: PresenceStore
 
     @classmethod
     def over(cls, db: Database) -> Stores:
@@ -39,4 +43,6 @@ class Stores:
             inbox=InboxStore(db),
             nodes=NodeStore(db),
             checks=Checks(db),
+            receipts=ReceiptStore(db),
+            presence=PresenceStore(db),
         )

@@ -64,6 +64,10 @@ VERIFY_CHECKS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        "read watermark past the delivered one",
+        "SELECT channel_id, user_id, delivered_seq, read_seq FROM members WHERE read_seq > delivered_seq LIMIT 10",
+    ),
+    (
         "member_count out of date",
         """
         SELECT c.id FROM channels c LEFT JOIN members m ON m.channel_id = c.id

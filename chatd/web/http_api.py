@@ -27,6 +27,8 @@ from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.inbox import InboxService
 from chatd.services.messaging import MessageService
+from chatd.services.presence import PresenceService
+from chatd.services.receipts import ReceiptService
 from chatd.services.users import UserService
 from chatd.web import params
 from chatd.web.http_errors import code_for_status, error_body
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 MAX_SYNC_TIMEOUT_MS = 60_000
 SYNC_PAGE_MAX = 1000
+#: ``GET /v1/presence?user_ids=``: at most as many ids as a ``presence_subscribe``.
+MAX_PRESENCE_USER_IDS = 500
 #: What a CORS preflight allows (every method and request header the API uses).
 CORS_METHODS = "GET, POST, PATCH, DELETE"
 CORS_HEADERS = "Authorization, Content-Type"
@@ -145,6 +149,8 @@ def build_http_app(
     messages: MessageService,
     inbox: InboxService,
     ready: Callable[[], Awaitable[bool]],
+    receipts: ReceiptService | None = None,
+    presence: PresenceService | None = None,
     max_group_members: int,
     origins: OriginPolicy | None = None,
     body_timeout_s: float = 30.0,
@@ -385,6 +391,36 @@ def build_http_app(
         assert client_msg_id is not None and text is not None
         ack = await messages.send(who, channel_id, client_msg_id, text, media_ids)
         return ok(ack.to_json(), 200 if ack.duplicate else 201)
+
+    if receipts is not None:
+        receipt_service = receipts
+
+        @app.get("/v1/channels/<raw_id>/receipts")
+        async def receipt_view(raw_id: str) -> Response:
+            who = await principal()
+            channel_id = params.path_id(raw_id, "channel_id")
+            seq = params.query_int(request.args, "seq", default=None, low=0, high=ID_MAX)
+            if seq is None:
+                raise Invalid("seq: required")
+            return ok((await receipt_service.view(who, channel_id, seq)).to_json())
+
+        @app.post("/v1/channels/<raw_id>/receipts")
+        async def post_receipt(raw_id: str) -> Response:
+            who = await principal()
+            channel_id = params.path_id(raw_id, "channel_id")
+            data = await body()
+            await receipt_service.post(who, channel_id, data.get("seq"), data.get("state"))
+            return Response("", status=204)
+
+    if presence is not None:
+        presence_service = presence
+
+        @app.get("/v1/presence")
+        async def presence_view() -> Response:
+            await principal()
+            user_ids = params.id_csv(request.args.get("user_ids", ""), "user_ids", MAX_PRESENCE_USER_IDS)
+            states = await presence_service.states(user_ids)
+            return ok({"presence": [s.to_json() for s in states]})
 
     @app.get("/v1/sync")
     async def sync() -> Response:

@@ -54,3 +54,13 @@ def query_int(args: Mapping[str, str], name: str, *, default: int | None, low: i
     if not low <= value <= high:
         raise Invalid(f"{name}: between {low} and {high}")
     return value
+
+
+def id_csv(raw: str, name: str, max_len: int) -> list[int]:
+    """``1,2,3``: distinct ids in the order first given, at most ``max_len``; empty is none."""
+    if not raw:
+        return []
+    parts = raw.split(",")
+    if len(parts) > max_len:
+        raise Invalid(f"{name}: at most {max_len} ids")
+    return list(dict.fromkeys(path_id(p, name) for p in parts))

@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from chatd.models import Ack, Message
+from chatd.models import Ack, Message, PresenceState
 
 
 def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:
@@ -103,4 +103,42 @@ class LiveMessage:
         return {"type": "message", **self.message.to_json()}
 
 
-ServerFrame: TypeAlias = Welcome | Synced | AckFrame | ErrorFrame | Pong | Reconnect | LiveMessage
+@attrs.frozen
+class ReceiptUpdate:
+    """A large channel's watermark moved: live, not persisted (PROTOCOL §3, §5)."""
+
+    channel_id: int
+    user_id: int
+    state: str
+    seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "receipt_update", "channel_id": self.channel_id, "user_id": self.user_id,
+                "state": self.state, "seq": self.seq}
+
+
+@attrs.frozen
+class TypingNotice:
+    """``{"type": "typing", "channel_id", "user_id"}``: live only."""
+
+    channel_id: int
+    user_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "typing", "channel_id": self.channel_id, "user_id": self.user_id}
+
+
+@attrs.frozen
+class PresenceFrame:
+    """``{"type": "presence", "user_id", "status", "last_seen"}`` (PROTOCOL §6)."""
+
+    state: PresenceState
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "presence", **self.state.to_json()}
+
+
+ServerFrame: TypeAlias = (
+    Welcome | Synced | AckFrame | ErrorFrame | Pong | Reconnect | LiveMessage | ReceiptUpdate | TypingNotice
+    | PresenceFrame
+)

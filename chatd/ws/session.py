@@ -50,7 +50,16 @@ from chatd.services.inbox import PAGE, InboxService
 from chatd.services.messaging import MessageService
 from chatd.services.ratelimit import RateLimiter, take_token
 from chatd.wire.codec import FrameError, WireFormat, decode_client_frame, encode_event, encode_frame
-from chatd.wire.frames import ClientFrame, PingFrame, ReceiptFrame, SendFrame, SyncFrame
+from chatd.wire.frames import (
+    ClientFrame,
+    PingFrame,
+    PresenceSubscribeFrame,
+    ReceiptFrame,
+    SendFrame,
+    SyncFrame,
+    TypingFrame,
+)
+from chatd.ws.live import ConnectionLive, LiveServices
 from chatd.wire.outbound import AckFrame, ErrorFrame, LiveMessage, Pong, Reconnect, ServerFrame, Synced, Welcome
 
 log = logging.getLogger(__name__)
@@ -126,7 +135,7 @@ class Session:
         "transport", "fmt", "principal", "user_id", "device_id", "hub", "inbox", "messages", "settings",
         "control", "_out_send", "_out_recv", "_sends_in", "_nursery", "_pump_scope", "_pending_sync",
         "_sync_wanted", "_close_code", "_close_reason", "_draining", "_log_tag", "_ctl_tokens", "_ctl_stamp",
-        "last_frame_at", "_cursor", "_queued", "_live",
+        "last_frame_at", "_cursor", "_queued", "_live", "live",
     )
 
     def __init__(
@@ -140,6 +149,7 @@ class Session:
         messages: MessageService,
         settings: SessionSettings,
         control: RateLimiter,
+        live: LiveServices | None = None,
     ) -> None:
         self.transport = transport
         self.fmt = fmt
@@ -175,12 +185,16 @@ class Session:
         self._close_reason = ""
         self._draining = False
         self._log_tag = f"conn user={self.user_id} device={self.device_id}"
+        #: Receipts, typing and presence (chatd.ws.live), when the node runs them.
+        self.live = ConnectionLive(live, principal, self, self._queue) if live is not None else None
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve the connection until it closes; never raises for the peer's faults."""
         self.hub.add_session(self)
+        if self.live is not None:
+            self.live.seen()
         try:
             try:
                 welcome = Welcome(
@@ -213,6 +227,8 @@ class Session:
                 log.debug("%s closed code=%s %s", self._log_tag, code, self._close_reason)
         finally:
             self.hub.remove_session(self)
+            if self.live is not None:
+                self.live.close()
 
     def _request_close(self, code: int, reason: str) -> None:
         """Close with ``code`` (the first one asked for wins) and end every task."""
@@ -247,6 +263,8 @@ class Session:
         while True:
             data = await self.transport.receive()
             self.last_frame_at = trio.current_time()
+            if self.live is not None:
+                self.live.seen()
             try:
                 frame = decode_client_frame(data, self.fmt)
             except FrameError as exc:
@@ -275,8 +293,9 @@ class Session:
             self._request_sync(frame)
         elif isinstance(frame, PingFrame):
             await self._queue(Pong(frame.t, frame.ref))
-        # receipt, typing and presence_subscribe are accepted and not acted on yet:
-        # their services arrive with the receipts and presence work.
+        elif isinstance(frame, (ReceiptFrame, TypingFrame, PresenceSubscribeFrame)):
+            if self.live is not None:
+                await self.live.handle(frame)
 
     async def _sender(self, sends: trio.MemoryReceiveChannel[SendFrame]) -> None:
         async with sends:
