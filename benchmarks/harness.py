@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from benchmarks import ceiling, report, seed
+from benchmarks import ceiling, report, seed, ws_ceiling
 from benchmarks.database import Databases, postmaster_pid
 from benchmarks.profile import Profiler
 from benchmarks.proc import machine
@@ -132,6 +132,32 @@ def _first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+def measure_ws_ceiling(module: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
+    """The WebSocket ceiling (benchmarks/ws_ceiling.py) for the shape the workload asks for, if any."""
+    shape = getattr(module, "ws_ceiling_shape", None)
+    if shape is None or args.ceiling_seconds <= 0:
+        return {}
+    try:
+        # At least a second each: shorter windows are mostly process start-up on a busy machine.
+        seconds = max(1.0, args.ceiling_seconds)
+        return ws_ceiling.run(seconds=seconds, handshake_seconds=seconds, **shape(args))
+    except Exception as exc:  # the ceiling is context; its failure must not hide chatd's figures
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def of_ws_ceiling(module: ModuleType, figures: dict[str, Any], ws: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows 'chatd's figure as a fraction of the WebSocket ceiling of the same run' (and into ``figures``)."""
+    rows = []
+    for label, figure_key, ceiling_key in getattr(module, "WS_CEILING_FRACTIONS", ()):
+        figure, limit = figures.get(figure_key), ws.get(ceiling_key)
+        if not figure or not limit:
+            continue
+        fraction = figure / limit
+        figures.setdefault("of_ws_ceiling", {})[figure_key] = round(fraction, 3)
+        rows.append((f"{label}: chatd / WS ceiling", f"{report.fmt(figure)} / {report.fmt(limit)} = {fraction:.0%}"))
+    return rows
+
+
 def run_one(name: str, args: argparse.Namespace, databases: Databases, tmp: Path) -> bool:
     """Run one workload and report it; True when it passed."""
     module = load(name)
@@ -151,6 +177,7 @@ def run_one(name: str, args: argparse.Namespace, databases: Databases, tmp: Path
     with databases.database(name) as dsn:
         rep["background_busy_pct"] = background_busy_pct(0.5)
         rep["ceiling"] = ceiling.run(dsn, args.ceiling_seconds) if args.ceiling_seconds > 0 else {}
+        rep["ws_ceiling"] = measure_ws_ceiling(module, args)
         server = ChatdServer(dsn, workdir, env=module.server_env(args))
         outcome: Outcome | None = None
         try:
@@ -176,7 +203,7 @@ def run_one(name: str, args: argparse.Namespace, databases: Databases, tmp: Path
         rep["figures"] = outcome.figures
         rep["correctness"] = outcome.correctness
         rep["server"] = outcome.server
-        rep["rows"] = outcome.rows
+        rep["rows"] = outcome.rows + of_ws_ceiling(module, outcome.figures, rep["ws_ceiling"])
         rep["notes"] = outcome.notes + profile_notes(outcome.figures.get("profile"))
         fails = report.failures(outcome.correctness)
         if rep["verify"] != "ok":

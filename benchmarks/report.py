@@ -22,6 +22,12 @@ CEILING_ROWS = (
     ("PG batched INSERT (100 rows/tx), 8 conns", "batched_insert_rows_per_s_8conn", "rows/s"),
 )
 
+WS_CEILING_ROWS = (
+    ("WS ceiling: fan-out to the same M, deliveries/s (clients' count)", "fanout_deliveries_per_s", "/s"),
+    ("WS ceiling: fan-out, frames written/s (server's count)", "fanout_written_per_s", "/s"),
+    ("WS ceiling: accepted + handshaken connections/s", "handshakes_per_s", "/s"),
+)
+
 
 def correctness_line(correctness: dict[str, Any]) -> str:
     return (
@@ -73,6 +79,12 @@ def render(report: dict[str, Any]) -> str:
     for label, key, unit in CEILING_ROWS:
         if key in ceiling:
             rows.append((label, f"{fmt(ceiling[key])} {unit}"))
+    ws = report.get("ws_ceiling") or {}
+    for label, key, unit in WS_CEILING_ROWS:
+        if key in ws:
+            rows.append((label, f"{fmt(ws[key])}{unit}"))
+    if ws.get("error"):
+        rows.append(("WS ceiling", f"not measured: {ws['error']}"))
     rows.append(("chatd verify", report.get("verify", "?")))
     width = max(len(label) for label, _ in rows)
     title = (f"{report['workload']}  {report['date']}  chatd {report.get('chatd_revision', '?')}  "

@@ -35,24 +35,43 @@ RECENT_EVENTS = 64
 ADVANCE_STAMPS = 16
 
 
+class LiveSink(Protocol):
+    """A connection that follows a user's inbox live and takes its events straight from the hub."""
+
+    def live_event(self, event: InboxEvent | None) -> None:
+        """``event`` was just committed on this node, or (None) the inbox may have advanced."""
+        ...
+
+
 class InboxSignal:
     """Per-user signal: the newest head this node has heard of, and an event to wait on.
 
     Waiters take :attr:`event` *before* reading the inbox and wait on it after;
     an advance in between has already set it, so no wake-up falls in the gap.
     It also keeps the last few events this node committed for the user
-    (:meth:`events_after`), the fast path of live delivery.
+    (:meth:`events_after`), the fast path of live delivery, and the
+    connections caught up and parked (:attr:`sinks`), which are handed each
+    event as it is published instead of being woken to fetch it: no task
+    switch, no queue, per recipient (chatd.ws.session).
     """
 
-    __slots__ = ("head", "event", "users", "recent", "stamps")
+    __slots__ = ("head", "_event", "users", "recent", "stamps", "sinks")
 
     def __init__(self) -> None:
         self.head = 0
-        self.event = trio.Event()
+        self._event: trio.Event | None = None
         self.users = 0
         self.recent: dict[int, InboxEvent] = {}
         #: When this node heard of each recent head: ``chatd_inbox_backlog_seconds``.
         self.stamps: deque[tuple[int, float]] = deque(maxlen=ADVANCE_STAMPS)
+        self.sinks: set[LiveSink] = set()
+
+    @property
+    def event(self) -> trio.Event:
+        """Set at the next advance. Made when first asked for: most advances have no waiter."""
+        if self._event is None:
+            self._event = trio.Event()
+        return self._event
 
     def remember(self, event: InboxEvent) -> None:
         self.recent[event.inbox_seq] = event
@@ -80,14 +99,19 @@ class InboxSignal:
                 return stamp
         return self.stamps[0][1] if self.stamps else time.monotonic()
 
-    def fire(self, head: int | None) -> None:
+    def fire(self, head: int | None, event: InboxEvent | None = None) -> None:
+        """The inbox advanced to ``head`` (None: may have, re-read); ``event`` is its newest, when in hand."""
         if head is not None:
             if head <= self.head:
                 return
             self.head = head
             self.stamps.append((head, time.monotonic()))  # not trio's clock: fired from sync code too
-        self.event.set()
-        self.event = trio.Event()
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+        if self.sinks:
+            for sink in list(self.sinks):
+                sink.live_event(event)
 
 
 class Drainable(Protocol):
@@ -96,9 +120,15 @@ class Drainable(Protocol):
     user_id: int
     device_id: int
     #: The last inbox_seq queued to the client while it follows its inbox; None before ``sync``.
-    delivered: int | None
+    @property
+    def delivered(self) -> int | None: ...
+
+    #: ``trio.current_time()`` of the last frame the client sent (the idle sweep reads it).
+    last_frame_at: float
 
     def drain(self, after_ms: int) -> None: ...
+
+    def close_idle(self) -> None: ...
 
     def revoke(self) -> None: ...
 
@@ -164,7 +194,7 @@ class Hub:
             signal = self._signals.get(user_id)
             if signal is not None:
                 signal.remember(event)
-                signal.fire(event.inbox_seq)
+                signal.fire(event.inbox_seq, event)
 
     def wake_all(self) -> None:
         """Every watcher re-reads from its cursor (after a lost LISTEN connection, a coarse hint)."""
@@ -260,6 +290,19 @@ class Hub:
 
     def connection_count(self) -> int:
         return sum(len(sessions) for sessions in self._sessions.values())
+
+    def close_idle(self, silent_since: float) -> int:
+        """Close every local connection whose client sent nothing since ``silent_since``; how many.
+
+        One pass over the connections (:func:`chatd.ws.heartbeat.sweep_idle` runs it
+        every half heartbeat) instead of a timer per connection: a deadline per
+        connection, moved on every frame, costs Trio's deadline heap work that
+        grows with the number of connections.
+        """
+        idle = [s for sessions in self._sessions.values() for s in sessions if s.last_frame_at < silent_since]
+        for session in idle:
+            session.close_idle()
+        return len(idle)
 
     def drain(self, spread_ms: int) -> None:
         """Tell every connection to go elsewhere, spread over ``spread_ms``, and wake long-polls."""

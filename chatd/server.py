@@ -14,6 +14,7 @@ and their acks go out, then close; hypercorn cancels what is still open after
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -54,6 +55,7 @@ from chatd.web.http_conn import Timeouts
 from chatd.web.http_media import MediaHttp, is_media_path
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_wsproto import WsprotoEndpoint
+from chatd.ws.heartbeat import sweep_idle
 from chatd.ws.live import LiveServices
 from chatd.ws.session import Session, SessionSettings
 
@@ -118,7 +120,8 @@ class Services:
         writer = SendWriter(
             stores.messages, hub, inbox_max_members=config.fanout.inbox_max_members, on_large_message=live.committed
         )
-        inbox = InboxService(stores.inbox, hub)
+        # Catch-up reads in batches, at most half the pool's connections at once.
+        inbox = InboxService(stores.inbox, hub, readers=max(1, config.database.pool_max // 2))
         live_hints = LiveHintStore(db)
         bus = LiveBus(live_hints, config.node_name)
         presence = PresenceService(stores.presence, bus, config.node_name, timeout_s=config.presence.timeout_s)
@@ -213,6 +216,8 @@ class Server:
                 await nursery.start(services.receipt_writer.run)
                 await nursery.start(services.presence.run)
                 await nursery.start(services.live.run)
+                await nursery.start(services.inbox.run)
+                await nursery.start(functools.partial(sweep_idle, services.hub, cfg.server.heartbeat_s))
                 url = await nursery.start(self._serve_http, app)
                 await nursery.start(services.registry.run, url)
                 await nursery.start(services.echo.run)

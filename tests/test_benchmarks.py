@@ -25,6 +25,7 @@ RUN_TIMEOUT_S = 60
 #: Tiny sizes: a few users for a second or two each.
 SMOKE_FLAGS: dict[str, list[str]] = {
     "steady": ["--users", "4", "--rate", "20", "--seconds", "1.5"],
+    "independent": ["--users", "4", "--rate", "20", "--seconds", "1.5"],
     "saturation": ["--pairs", "4", "--start", "1", "--step-seconds", "0.6"],
     "fanout": ["--members", "6", "--senders", "2", "--seconds", "1.5"],
     "idle": ["--connections", "20", "--heartbeat", "1", "--idle-seconds", "1.5", "--settle-seconds", "0.3"],
@@ -47,6 +48,7 @@ RUN_TIMEOUTS_S: dict[str, float] = {"soak": 120, "rolling": 120, "search": 240}
 #: Figures each workload's JSON must carry (beside the ceiling and the server's).
 FIGURES: dict[str, list[str]] = {
     "steady": ["achieved_msg_per_s", "delivered_msg_per_s", "send_ack_ms", "send_deliver_ms"],
+    "independent": ["achieved_msg_per_s", "delivered_msg_per_s", "send_ack_ms", "send_deliver_ms"],
     "saturation": ["peak_acked_msg_per_s", "peak_delivered_msg_per_s", "peak_send_ack_ms", "steps"],
     "fanout": ["deliveries_per_s", "send_deliver_ms", "reach_everyone_ms"],
     "idle": ["connections", "rss_per_connection_kib", "idle_server_cpu_pct"],
@@ -59,6 +61,13 @@ FIGURES: dict[str, list[str]] = {
 }
 CEILING = ["single_insert_tx_per_s_1conn", "single_insert_tx_per_s_8conn",
            "batched_insert_rows_per_s_1conn", "batched_insert_rows_per_s_8conn"]
+
+#: WebSocket ceiling figures (benchmarks/ws_ceiling.py) measured beside the workloads that have that shape.
+WS_CEILING: dict[str, list[str]] = {
+    "fanout": ["fanout_deliveries_per_s", "fanout_written_per_s"],
+    "idle": ["handshakes_per_s"],
+    "storm": ["handshakes_per_s"],
+}
 
 
 def run_workload(name: str, dsn: str, results: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -89,6 +98,9 @@ def test_workload_smoke(name: str, databases: Databases, tmp_path: Path) -> None
         assert report["figures"].get(key) is not None, f"{name}: no figure {key!r}"
     for key in CEILING:
         assert report["ceiling"][key] > 0, f"no ceiling figure {key!r}"
+    for key in WS_CEILING.get(name, ()):
+        assert report["ws_ceiling"].get(key, 0) > 0, f"{name}: no WS ceiling figure {key!r}: {report['ws_ceiling']}"
+        assert report["figures"]["of_ws_ceiling"], f"{name}: no fraction of the WS ceiling"
     assert report["server"]["server_rss_mib"] > 0
     if name == "soak":
         figures = report["figures"]

@@ -8,4 +8,5 @@ side. ``rolling`` drives its few clients in the orchestrating process and
 has no worker half.
 """
 
-NAMES = ("steady", "saturation", "fanout", "idle", "storm", "soak", "rolling", "push", "media", "search")
+NAMES = ("steady", "saturation", "fanout", "idle", "storm", "soak", "rolling", "push", "media", "search",
+         "independent")

@@ -60,6 +60,15 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
     return {}
 
 
+def ws_ceiling_shape(args: argparse.Namespace) -> dict[str, Any]:
+    """The same M connections; about S messages in flight at once (closed loop), one in open loop."""
+    batch = 1 if args.rate > 0 else max(1, min(args.senders, args.members))
+    return {"connections": args.members, "workers": args.workers, "batch": batch}
+
+
+WS_CEILING_FRACTIONS = (("deliveries/s", "deliveries_per_s", "fanout_deliveries_per_s"),)
+
+
 
 async def orchestrate(ctx: RunContext) -> Outcome:
     args = ctx.args

@@ -50,6 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="connections being opened at once per worker (default 32)")
 
 
+def ws_ceiling_shape(args: argparse.Namespace) -> dict[str, Any]:
+    return {"connections": 100, "workers": args.workers, "concurrency": args.connect_concurrency}
+
+
+WS_CEILING_FRACTIONS = (("connections opened/s", "connects_per_s", "handshakes_per_s"),)
+
+
 def server_env(args: argparse.Namespace) -> dict[str, str]:
     return {"CHATD_SERVER_HEARTBEAT_S": str(args.heartbeat)}
 

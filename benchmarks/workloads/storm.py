@@ -63,6 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=4, help="client worker processes (default 4)")
 
 
+def ws_ceiling_shape(args: argparse.Namespace) -> dict[str, Any]:
+    return {"connections": args.group_size, "workers": args.workers}
+
+
+WS_CEILING_FRACTIONS = (("clients caught up/s", "clients_caught_up_per_s", "handshakes_per_s"),)
+
+
 def server_env(args: argparse.Namespace) -> dict[str, str]:
     return {}
 
@@ -122,6 +129,7 @@ async def orchestrate(ctx: RunContext) -> Outcome:
         "behind": args.behind,
         "groups": len(groups),
         "all_caught_up_s": round(all_caught_up_s, 2),
+        "clients_caught_up_per_s": round(len(users) / max(all_caught_up_s, 1e-9), 1),
         "catch_up_ms": catch_up,
         "events_delivered": events,
         "events_per_s": round(events / max(all_caught_up_s, 1e-9), 1),

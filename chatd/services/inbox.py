@@ -6,6 +6,10 @@ from the cursor, and when nothing is left, wait for the signal and read again.
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
+import attrs
 import trio
 
 from chatd.db.inbox import InboxStore
@@ -16,13 +20,81 @@ from chatd.models import InboxEvent
 PAGE = 100
 
 
+#: Requests answered by one batched read at most (each up to PAGE events).
+BATCH = 64
+
+
+@attrs.define(eq=False)
+class _Read:
+    user_id: int
+    after: int
+    limit: int
+    done: trio.Event = attrs.field(factory=trio.Event)
+    events: list[InboxEvent] | None = None
+    error: Exception | None = None
+
+
 class InboxService:
-    def __init__(self, inbox: InboxStore, hub: Hub) -> None:
+    """Inbox reads for sessions, long-polls and HTTP sync.
+
+    While :meth:`run` runs (``chatd serve``), reads go through ``readers``
+    tasks that each answer up to BATCH waiting requests with one statement
+    (:meth:`chatd.db.inbox.InboxStore.read_many`): catch-up reads have bounded
+    concurrency, so a reconnect storm leaves database connections for the
+    handshakes' token checks, and many users behind on the same node cost one
+    read. Without it (tools, tests) each read is its own statement.
+    """
+
+    def __init__(self, inbox: InboxStore, hub: Hub, *, readers: int = 4) -> None:
         self.inbox = inbox
         self.hub = hub
+        self.readers = readers
+        self._running = False
+        self._pending: list[_Read] = []
+        self._wanted = trio.Event()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The batched readers, until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.readers):
+                    nursery.start_soon(self._reader)
+                self._running = True
+                task_status.started()
+        finally:
+            self._running = False
+
+    async def _reader(self) -> None:
+        while True:
+            if not self._pending:
+                if self._wanted.is_set():
+                    self._wanted = trio.Event()
+                await self._wanted.wait()
+                continue
+            batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+            try:
+                results = await self.inbox.read_many([(r.user_id, r.after, r.limit) for r in batch])
+            except Exception as exc:  # each requester raises it in its own task (Unavailable...)
+                for r in batch:
+                    r.error = exc
+            else:
+                for r, events in zip(batch, results):
+                    r.events = events
+            for r in batch:
+                r.done.set()
 
     async def read(self, user_id: int, after: int, limit: int = PAGE) -> list[InboxEvent]:
-        return await self.inbox.read(user_id, after, limit)
+        if not self._running:
+            return await self.inbox.read(user_id, after, limit)
+        request = _Read(user_id, after, limit)
+        self._pending.append(request)
+        self._wanted.set()
+        await request.done.wait()
+        if request.error is not None:
+            # A copy per requester: one exception object raised in many tasks would share a traceback.
+            raise copy.copy(request.error) from request.error
+        assert request.events is not None
+        return request.events
 
     async def head(self, user_id: int) -> int:
         """The user's newest ``inbox_seq`` (0 for an empty inbox)."""

@@ -13,12 +13,21 @@ it): 1007 for invalid UTF-8 in a text message, 1002 for the rest (unmasked
 client frame, RSV bits without an extension, reserved opcode, fragmented or
 oversize control frame). The transport answers pings and sends many queued
 frames in one socket write.
+
+Outgoing data frames are framed here (:func:`frame_bytes`, RFC 6455 §5.2: a
+server's frames are unmasked and chatd sends whole messages only) rather than
+by wsproto, which costs several times more per frame; wsproto still frames
+control frames and parses everything that comes in. :meth:`WsprotoTransport.try_send`
+writes a frame straight to the socket when nothing else is being written and
+the kernel takes it without blocking: the fan-out path (chatd.ws.session).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
+import struct
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,13 +36,11 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
-    BytesMessage,
     CloseConnection,
     Event,
     Message,
     Ping,
     Request,
-    TextMessage,
 )
 
 from chatd import logs
@@ -41,7 +48,7 @@ from chatd.errors import BadRequest, ChatdError, NotFound
 from chatd.web.http_errors import linger
 from chatd.web.origins import OriginPolicy
 from chatd.web.ws_endpoint import bearer_token, pick_format, refuse
-from chatd.ws.session import TransportClosed
+from chatd.ws.session import NOT_SENT, PARTLY_SENT, SENT, TransportClosed
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,20 @@ HANDSHAKE_TIMEOUT_S = 10.0
 _conn_ids = itertools.count(1)
 
 
+def frame_bytes(data: str | bytes) -> bytes:
+    """One whole, unmasked WebSocket data frame (text for str, binary for bytes), as wsproto frames it."""
+    if isinstance(data, str):
+        payload, first = data.encode("utf-8"), 0x81
+    else:
+        payload, first = data, 0x82
+    n = len(payload)
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
+
+
 class WsprotoTransport:
     """The session's transport over a wsproto connection on a trio stream.
 
@@ -62,7 +83,8 @@ class WsprotoTransport:
     same send lock. The stream itself is closed by the listener.
     """
 
-    __slots__ = ("_stream", "_ws", "_max", "_send_lock", "_parts", "_size", "_events", "_aborted")
+    __slots__ = ("_stream", "_ws", "_max", "_send_lock", "_parts", "_size", "_events", "_aborted", "_socket",
+                 "_pending")
 
     def __init__(self, stream: trio.abc.Stream, ws: Connection, max_message_bytes: int) -> None:
         self._stream = stream
@@ -73,6 +95,10 @@ class WsprotoTransport:
         self._size = 0
         self._events: Iterator[Event] = iter(())
         self._aborted = False
+        #: The socket, for :meth:`try_send` (None for a stream that has none: no direct writes).
+        self._socket: Any = getattr(stream, "socket", None)
+        #: Bytes of a frame :meth:`try_send` could write only in part: written first by the next send.
+        self._pending = b""
 
     async def receive(self) -> str | bytes:
         while True:
@@ -113,10 +139,30 @@ class WsprotoTransport:
         """Send several frames with one socket write."""
         if self._aborted or self._ws.state is not ConnectionState.OPEN:
             raise TransportClosed()
-        out = b"".join(
-            self._ws.send(TextMessage(data=f) if isinstance(f, str) else BytesMessage(data=f)) for f in frames
-        )
-        await self._send_bytes(out)
+        await self._send_bytes(b"".join(map(frame_bytes, frames)))
+
+    def try_send(self, data: str | bytes) -> int:
+        """Write one frame now, without waiting, if nothing else is being written.
+
+        NOT_SENT: nothing written (a write is in progress, bytes are pending, the
+        kernel's buffer is full, the socket failed or is closing): the caller
+        queues the frame for the writer, whose write reports any failure.
+        SENT: all of it is in the kernel's buffer. PARTLY_SENT: the rest is kept
+        here and goes first in the next write; the caller must make one happen.
+        """
+        sock = self._socket
+        if (sock is None or self._pending or self._aborted or self._send_lock.locked()
+                or self._ws.state is not ConnectionState.OPEN):
+            return NOT_SENT
+        out = frame_bytes(data)
+        try:
+            n = os.write(sock.fileno(), out)
+        except OSError:  # EAGAIN, or a failed socket (the writer's own write will say so)
+            return NOT_SENT
+        if n == len(out):
+            return SENT
+        self._pending = out[n:]
+        return PARTLY_SENT
 
     def abort(self) -> None:
         self._aborted = True
@@ -160,6 +206,8 @@ class WsprotoTransport:
     async def _send_bytes(self, data: bytes) -> None:
         try:
             async with self._send_lock:
+                if self._pending:  # the rest of a frame try_send began: it goes first
+                    data, self._pending = self._pending + data, b""
                 await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportClosed() from exc

@@ -1,8 +1,9 @@
 """One WebSocket connection: a nursery of reader, sender, pump and writer.
 
 - reader: decodes client frames (one boundary, :mod:`chatd.wire.codec`),
-  answers malformed ones with ``error`` and keeps going, enforces the idle
-  timeout (3 x heartbeat), and hands work to the others;
+  answers malformed ones with ``error`` and keeps going, notes the time of
+  each frame (the node's idle sweep, :mod:`chatd.ws.heartbeat`, closes a
+  connection silent for 3 x heartbeat), and hands work to the others;
 - sender: commits this connection's sends one at a time, in the order the
   client sent them, and queues each ``ack`` after the commit;
 - pump: after ``sync``, reads the inbox from the cursor and queues events,
@@ -83,6 +84,10 @@ CONTROL_BURST = 100.0
 CONTROL_RATE_PER_S = 20.0
 
 
+#: :meth:`Transport.try_send`'s answers.
+NOT_SENT, SENT, PARTLY_SENT = 0, 1, 2
+
+
 class TransportClosed(Exception):
     """The peer went away or the socket failed."""
 
@@ -96,6 +101,11 @@ class Transport(Protocol):
 
     async def send_many(self, frames: Sequence[str | bytes]) -> None:
         """Send several frames, in order (one socket write where the transport can)."""
+        ...
+
+    def try_send(self, data: str | bytes) -> int:
+        """Write one frame now if that needs no waiting: NOT_SENT, SENT or PARTLY_SENT
+        (chatd.web.ws_wsproto); after PARTLY_SENT the next send_many writes the rest first."""
         ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -126,7 +136,7 @@ class Session:
         "transport", "fmt", "principal", "user_id", "device_id", "hub", "inbox", "messages", "settings",
         "control", "_out_send", "_out_recv", "_sends_in", "_nursery", "_pump_scope", "_pending_sync",
         "_sync_wanted", "_close_code", "_close_reason", "_draining", "_log_tag", "_ctl_tokens", "_ctl_stamp",
-        "delivered", "_format_name", "live",
+        "last_frame_at", "_cursor", "_following", "_queued", "_live", "_format_name", "live",
     )
 
     def __init__(
@@ -153,7 +163,14 @@ class Session:
         self.settings = settings
         #: The per-user control-frame budget of this node (shared by the user's connections).
         self.control = control
-        self._out_send, self._out_recv = trio.open_memory_channel[str | bytes](settings.outgoing_queue)
+        # None in the queue: no frame, only "write what try_send left pending" (see _emit).
+        self._out_send, self._out_recv = trio.open_memory_channel[str | bytes | None](settings.outgoing_queue)
+        #: Items queued for the writer and not yet written: frames go straight to the socket only at 0.
+        self._queued = 0
+        #: The inbox_seq of the last event delivered (queued or written) since the last ``sync``.
+        self._cursor = 0
+        #: Set while the pump is parked, caught up: the hub then hands events to live_event.
+        self._live: trio.Event | None = None
         # The send queue and its task exist once the client first sends: most
         # connections of a big install sit idle, and each costs memory.
         self._sends_in: trio.MemorySendChannel[SendFrame] | None = None
@@ -164,17 +181,22 @@ class Session:
         self._pending_sync: SyncFrame | None = None
         self._sync_wanted: trio.Event | None = None
         self._ctl_tokens = CONTROL_BURST
-        self._ctl_stamp = trio.current_time()
+        self._ctl_stamp = self.last_frame_at = trio.current_time()
         self._close_code: int | None = None
         self._close_reason = ""
         self._draining = False
         self._log_tag = f"conn user={self.user_id} device={self.device_id}"
-        #: The last inbox_seq queued to the client while a ``sync`` is served (None otherwise);
-        #: the hub reads it for chatd_inbox_backlog_seconds.
-        self.delivered: int | None = None
+        #: True once a ``sync`` is served: ``_cursor`` then means something (see ``delivered``).
+        self._following = False
         self._format_name = "msgpack" if fmt.is_binary else "json"
         #: Receipts, typing and presence (chatd.ws.live), when the node runs them.
         self.live = ConnectionLive(live, principal, self, self._queue) if live is not None else None
+
+    @property
+    def delivered(self) -> int | None:
+        """The inbox_seq of the last event delivered (queued or written) while a ``sync``
+        is served, None before the first: the hub reads it for chatd_inbox_backlog_seconds."""
+        return self._cursor if self._following else None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -236,6 +258,10 @@ class Session:
         """The device logged out (or its user was disabled): close at once."""
         self._request_close(CLOSE_REVOKED, "token revoked")
 
+    def close_idle(self) -> None:
+        """The client sent nothing for 3 x heartbeat (the hub's idle sweep found it)."""
+        self._request_close(CLOSE_GOING_AWAY, "idle timeout")
+
     def drain(self, after_ms: int) -> None:
         """The node is stopping: say ``reconnect``, finish queued sends, then close."""
         if self._draining:
@@ -250,26 +276,24 @@ class Session:
     # --- tasks -----------------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        idle_s = 3 * self.settings.heartbeat_s
-        with trio.move_on_after(idle_s) as idle:
-            while True:
-                data = await self.transport.receive()
-                idle.deadline = trio.current_time() + idle_s
-                if self.live is not None:
-                    self.live.seen()
-                try:
-                    frame = decode_client_frame(data, self.fmt)
-                except FrameError as exc:
-                    metrics.frame_in("invalid")
-                    if self._over_control_budget():
-                        return
-                    await self._queue(ErrorFrame(exc.code, exc.message, exc.ref))
-                    continue
-                metrics.frame_in(frame.TYPE)
-                if not isinstance(frame, (SendFrame, ReceiptFrame)) and self._over_control_budget():
+        # No timer here: the hub's idle sweep closes a connection silent for 3 x heartbeat.
+        while True:
+            data = await self.transport.receive()
+            self.last_frame_at = trio.current_time()
+            if self.live is not None:
+                self.live.seen()
+            try:
+                frame = decode_client_frame(data, self.fmt)
+            except FrameError as exc:
+                metrics.frame_in("invalid")
+                if self._over_control_budget():
                     return
-                await self._dispatch(frame)
-        self._request_close(CLOSE_GOING_AWAY, "idle timeout")
+                await self._queue(ErrorFrame(exc.code, exc.message, exc.ref))
+                continue
+            metrics.frame_in(frame.TYPE)
+            if not isinstance(frame, (SendFrame, ReceiptFrame)) and self._over_control_budget():
+                return
+            await self._dispatch(frame)
 
     async def _dispatch(self, frame: ClientFrame) -> None:
         if isinstance(frame, SendFrame):
@@ -331,6 +355,7 @@ class Session:
             self._nursery.start_soon(self._pump)
         if self._pump_scope is not None:
             self._pump_scope.cancel()
+        self._live = None  # no event of the replaced delivery goes out directly any more
         self._sync_wanted.set()
 
     async def _pump(self) -> None:
@@ -359,28 +384,63 @@ class Session:
         return cursor <= await self.inbox.head(self.user_id)
 
     async def _deliver(self, signal: InboxSignal, frame: SyncFrame) -> None:
-        """Catch up from the frame's cursor, say ``synced``, then follow the inbox live."""
-        cursor = self.delivered = frame.after
-        if not await self._cursor_is_known(signal, cursor):
+        """Catch up from the frame's cursor, say ``synced``, then follow the inbox live.
+
+        Caught up, the pump parks and the hub hands each event this node commits
+        for the user to :meth:`live_event`, which writes it at once (no task
+        switch, no queue); anything else (a gap, another node's advance, a
+        re-read after a lost LISTEN) wakes the pump, which reads from its cursor.
+        """
+        self._cursor = frame.after
+        self._following = True
+        if not await self._cursor_is_known(signal, self._cursor):
             await self._queue(ErrorFrame("invalid", "after: beyond the inbox head; sync from 0 or inbox_head", frame.ref))
             return
         caught_up = False
         while True:
             wake = signal.event
-            events = signal.events_after(cursor) if caught_up else None
+            events = signal.events_after(self._cursor) if caught_up else None
             if events is None:
-                events = await self.inbox.read(self.user_id, cursor, PAGE)
+                events = await self.inbox.read(self.user_id, self._cursor, PAGE)
             for event in events:
                 await self._queue_event(event)
-                cursor = self.delivered = event.inbox_seq
+                self._cursor = event.inbox_seq
             if len(events) == PAGE:
                 continue
             if not caught_up:
                 caught_up = True
-                await self._queue(Synced(cursor))
-            if signal.head > cursor:
+                await self._queue(Synced(self._cursor))
+            if signal.head > self._cursor or wake.is_set():
                 continue
-            await wake.wait()
+            live = self._live = trio.Event()
+            signal.sinks.add(self)
+            try:
+                await live.wait()
+            finally:
+                signal.sinks.discard(self)
+                self._live = None
+
+    def live_event(self, event: InboxEvent | None) -> None:
+        """From the hub (the publisher's task): the user's inbox advanced, ``event`` in hand or not.
+
+        The next event in order is written now; anything else wakes the pump. Never
+        raises into the publisher: a failure closes this connection only.
+        """
+        try:
+            if self._live is None:
+                return
+            if event is not None and event.inbox_seq == self._cursor + 1:
+                self._cursor = event.inbox_seq
+                metrics.frame_out("event")
+                self._emit(encode_event(event, self.fmt))
+                return
+            if event is not None and event.inbox_seq <= self._cursor:
+                return
+            self._live.set()  # a gap or an advance not in hand: the pump reads from its cursor
+            self._live = None
+        except Exception:
+            log.exception("%s live delivery failed", self._log_tag)
+            self._request_close(CLOSE_INTERNAL, "internal error")
 
     async def _queue_event(self, event: InboxEvent) -> None:
         metrics.frame_out("event")
@@ -402,7 +462,8 @@ class Session:
                 # One scope, shielded and with its own deadline (cheaper than two nested).
                 bound = trio.CancelScope(shield=True, deadline=trio.current_time() + self.settings.send_stall_s)
                 with bound:
-                    await self.transport.send_many(batch)
+                    await self.transport.send_many([f for f in batch if f is not None])
+                self._queued -= len(batch)
                 if bound.cancelled_caught:
                     self.transport.abort()
                     self._request_close(CLOSE_POLICY, "slow consumer: socket write stalled")
@@ -419,6 +480,7 @@ class Session:
     async def _queue_data(self, data: str | bytes) -> None:
         try:
             self._out_send.send_nowait(data)
+            self._queued += 1
             return
         except trio.WouldBlock:
             pass
@@ -427,6 +489,7 @@ class Session:
         with trio.move_on_after(self.settings.send_stall_s):
             try:
                 await self._out_send.send(data)
+                self._queued += 1
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
             return
@@ -442,11 +505,24 @@ class Session:
         self.offer(LiveChange(kind, fields))
 
     def offer(self, frame: ServerFrame) -> None:
-        """Queue a frame without waiting (for callers outside this connection): a full
+        """Send a frame without waiting (for callers outside this connection): a full
         queue means a slow consumer, closed with 1008; it never makes the caller wait."""
         metrics.frame_out(type(frame))
+        self._emit(encode_frame(frame, self.fmt))
+
+    def _emit(self, data: str | bytes) -> None:
+        """Write ``data`` now when nothing is queued before it and the socket takes it
+        without blocking (the fan-out path: no task switch, no queue); else queue it."""
+        item: str | bytes | None = data
+        if self._queued == 0 and not self._draining and self._close_code is None:
+            sent = self.transport.try_send(data)
+            if sent == SENT:
+                return
+            if sent == PARTLY_SENT:
+                item = None  # the writer writes the rest (the transport keeps it) before anything else
         try:
-            self._out_send.send_nowait(encode_frame(frame, self.fmt))
+            self._out_send.send_nowait(item)
+            self._queued += 1
         except trio.WouldBlock:
             self._request_close(CLOSE_POLICY, "slow consumer: outgoing queue full")
         except (trio.ClosedResourceError, trio.BrokenResourceError):
