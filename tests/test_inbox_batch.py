@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from chatd.db.bridge import Connection
 from chatd.db.stores import Stores
 from chatd.hub import Hub
 from chatd.models import SendRequest
@@ -23,6 +24,21 @@ async def test_read_many_is_read_for_each_request(db_url: str) -> None:
         many = await stores.inbox.read_many(requests)
         single = [await stores.inbox.read(u, after, limit) for u, after, limit in requests]
         assert many == single
+
+        # Reactions: each reader's ``me`` is its own, in a batched page as in a single read.
+        async def react(conn: Connection) -> None:
+            await conn.execute("INSERT INTO reactions (channel_id, seq, emoji, user_id) VALUES "
+                               "($1, 2, ':+1:', $2), ($1, 2, ':+1:', $3), ($1, 3, ':tada:', $3)",
+                               group.channel_id, ids[1], ids[2])
+
+        await db.transaction(react)
+        reacted_many = await stores.inbox.read_many(requests)
+        reacted_single = [await stores.inbox.read(u, after, limit) for u, after, limit in requests]
+        assert reacted_many == reacted_single
+        seq2 = {u: [e for e in events if e.kind == "message" and e.fields["seq"] == 2]
+                for (u, _, _), events in zip(requests, reacted_many)}
+        assert seq2[ids[0]][0].fields["reactions"] == [{"emoji": ":+1:", "count": 2, "me": False}]
+        assert seq2[ids[1]][0].fields["reactions"] == [{"emoji": ":+1:", "count": 2, "me": True}]
         assert [len(events) for events in many] == [8, 2, 3, 0, 8]  # "channel created" + 7 messages
         # Everyone's copy of a message is one fields dict, encoded once for all of them.
         first = [e for e in many[0] if e.kind == "message"][0]
