@@ -56,6 +56,7 @@ __all__ = [
     "PresenceConfig",
     "PushConfig",
     "ReceiptsConfig",
+    "RetentionConfig",
     "SecurityConfig",
     "ServerConfig",
     "config_from_mapping",
@@ -317,6 +318,18 @@ class MediaConfig:
 
 
 @attrs.frozen(kw_only=True)
+class RetentionConfig:
+    """``[retention]``: how long message history is kept."""
+
+    days: int = _key(
+        0,
+        "Days messages are kept; older ones become tombstones, as if deleted (no event is sent).\n"
+        "0: kept for ever.",
+        _not_negative,
+    )
+
+
+@attrs.frozen(kw_only=True)
 class SecurityConfig:
     """``[security]``: browser origins, login throttling, token lifetime."""
 
@@ -383,6 +396,7 @@ class Config:
     presence: PresenceConfig
     push: PushConfig
     media: MediaConfig
+    retention: RetentionConfig
     security: SecurityConfig
     log: LogConfig
 

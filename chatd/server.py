@@ -36,6 +36,7 @@ from chatd.services.auth import AuthService
 from chatd.services.channels import ChannelService
 from chatd.services.cluster import LiveFanout, NodeRegistry
 from chatd.services.echo import EchoProbe
+from chatd.services.retention import RetentionJob
 from chatd.db.livehints import LiveHintStore
 from chatd.services.conversation import ConversationService
 from chatd.services.inbox import InboxService
@@ -99,6 +100,8 @@ class Services:
     media: MediaService
     push: PushService
     push_worker: PushWorker
+    #: Old history to tombstones, the system channel pruned (issue 13).
+    retention: RetentionJob
 
     @classmethod
     def build(cls, db: Database, config: Config) -> Services:
@@ -174,6 +177,7 @@ class Services:
             media=media,
             push=push,
             push_worker=push_worker,
+            retention=RetentionJob(stores.retention, config.retention.days),
         )
 
 
@@ -225,6 +229,7 @@ class Server:
                 task_status.started(url)
                 # After the announcement: its imports cost start-up time (chatd.services.push).
                 nursery.start_soon(services.push_worker.run)
+                nursery.start_soon(services.retention.run)
                 await self._stop.wait()
                 # hypercorn stops accepting as soon as _stop is set (its shutdown trigger).
                 services.hub.drain(

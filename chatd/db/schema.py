@@ -188,6 +188,13 @@ node_echo = Table(
     Column("at", TIMESTAMPTZ, nullable=False),
 )
 
+retention_cursor = Table(
+    "retention_cursor",
+    metadata,
+    Column("channel_id", BigInteger, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+)
+
 user_presence = Table(
     "user_presence",
     metadata,

@@ -20,6 +20,7 @@ from chatd.db.nodes import NodeStore
 from chatd.db.presence import PresenceStore
 from chatd.db.receipts import ReceiptStore
 from chatd.db.push import PushStore
+from chatd.db.retention import RetentionStore
 from chatd.db.users import UserStore
 from chatd.db.verify import Checks
 
@@ -38,6 +39,7 @@ class Stores:
     presence: PresenceStore
     media: MediaStore
     push: PushStore
+    retention: RetentionStore
 
     @classmethod
     def over(cls, db: Database) -> Stores:
@@ -54,4 +56,5 @@ class Stores:
             presence=PresenceStore(db),
             media=MediaStore(db),
             push=PushStore(db),
+            retention=RetentionStore(db),
         )

@@ -16,8 +16,9 @@ Id 0 is no client's to name: every id on the wire is 1 or more (PROTOCOL §1),
 so no user can open, join, read or search the system channel or message the
 system user, and the lists that admins and users see leave id 0 out.
 
-The probe's messages stay in the system channel like any message (one per
-node per :data:`INTERVAL_S`: about 17,000 a day per node).
+The probe's messages (one per node per :data:`INTERVAL_S`: about 17,000 a day
+per node) stay in the system channel for an hour: the retention job
+(chatd/services/retention.py) prunes older ones.
 """
 
 from __future__ import annotations
