@@ -5,6 +5,7 @@ with a pending push, no push while online on another node, private targets refus
 from __future__ import annotations
 
 import json
+from functools import partial
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -225,3 +226,34 @@ def test_backoff_grows_with_jitter() -> None:
     assert 0.5 <= min(first) and max(first) < 1.5 and len(set(first)) > 100
     assert 2.0 <= min(third) and max(third) < 6.0
     assert push_service.backoff_s(100) < push_service.BACKOFF_MAX_S * 1.5
+
+
+async def test_a_target_that_never_answers_holds_up_no_one_else(db_url: str) -> None:
+    """A user's push target that accepts and then says nothing (until the request timeout)
+    must not hold up other users' pushes: rounds run in lanes, each with its own claim."""
+    hanging = trio.Event()
+    gave_up = trio.Event()  # chatd closed carol's request (its timeout)
+
+    async def tarpit(stream: trio.SocketStream) -> None:
+        hanging.set()
+        with trio.move_on_after(30):
+            while await stream.receive_some(4096):  # read the request, answer nothing
+                pass
+            gave_up.set()
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, tarpit, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        async with Receiver().running() as hook, running_server(db_url, PRIVATE_OK) as srv:
+            alice, bob, carol = await srv.user("alice"), await srv.user("bob"), await srv.user("carol")
+            await subscribe(srv, carol, {"kind": "webhook", "url": f"http://127.0.0.1:{port}/slow"})
+            await subscribe(srv, bob, {"kind": "webhook", "url": hook.url})
+            await dm_send(srv, alice, carol, "to the tarpit", "m1")
+            with trio.fail_after(20):
+                await hanging.wait()  # carol's push is in flight, and will hang
+            await dm_send(srv, alice, bob, "to bob", "m2")
+            [got] = await hook.wait_for(1, timeout=30)
+            assert json.loads(got.body)["preview"] == "to bob"
+            assert not gave_up.is_set()  # bob's came while carol's request still hung
+        nursery.cancel_scope.cancel()

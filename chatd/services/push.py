@@ -46,10 +46,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Requests in flight per node.
-IN_FLIGHT = 32
+#: Rounds running at once per node, each claiming its own pushes (SKIP LOCKED keeps them apart):
+#: a slow target holds up only its own round, never the whole node's pushes.
+LANES = 4
+#: Requests in flight per lane (LANES x IN_FLIGHT per node).
+IN_FLIGHT = 16
 #: Pushes claimed per round.
-CLAIM_BATCH = 256
+CLAIM_BATCH = 64
 #: One delivery's bound (connect, send, answer).
 REQUEST_TIMEOUT_S = 10.0
 #: A claimed push is another node's to take only after this (well past the request timeout).
@@ -153,35 +156,43 @@ class PushWorker:
         self.max_age_s = max_age_s
         self.allow_private = allow_private_targets
         self.include_preview = include_preview
-        self._wake = trio.Event()
+        #: One wake-up per lane: each lane waits on its own and re-arms it.
+        self._wakes = [trio.Event() for _ in range(LANES)]
         self.delivered = 0
         self.failed = 0
 
     def wake(self) -> None:
         """Pushes were just queued (by this node's writer): look now. Safe from any Trio task."""
-        self._wake.set()
+        for event in self._wakes:
+            event.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         import httpx
 
-        limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
+        total = LANES * IN_FLIGHT
+        limits = httpx.Limits(max_connections=total, max_keepalive_connections=total)
         async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits, follow_redirects=False) as client:
-            task_status.started()
-            while True:
-                self._wake = trio.Event()
-                try:
-                    await self.service.vapid_keys()  # made by the first node that starts, then shared
-                    busy = await self.round(client)
-                except Unavailable as exc:
-                    log.warning("push round skipped: %s", exc)
-                    busy = False
-                except Exception:  # a bug in one round must not stop the node: the rows stay queued
-                    log.exception("push round failed")
-                    busy = False
-                if busy:
-                    continue
-                with trio.move_on_after(POLL_S):
-                    await self._wake.wait()
+            async with trio.open_nursery() as nursery:
+                for lane in range(LANES):
+                    nursery.start_soon(self._lane, client, lane)
+                task_status.started()
+
+    async def _lane(self, client: httpx.AsyncClient, lane: int) -> None:
+        while True:
+            self._wakes[lane] = trio.Event()
+            try:
+                await self.service.vapid_keys()  # made by the first node that starts, then shared
+                busy = await self.round(client)
+            except Unavailable as exc:
+                log.warning("push round skipped: %s", exc)
+                busy = False
+            except Exception:  # a bug in one round must not stop the node: the rows stay queued
+                log.exception("push round failed")
+                busy = False
+            if busy:
+                continue
+            with trio.move_on_after(POLL_S):
+                await self._wakes[lane].wait()
 
     async def round(self, client: httpx.AsyncClient) -> bool:
         """Claim and deliver one batch; True when it was full (more may be due)."""
