@@ -11,6 +11,13 @@ transaction, around the untouched ``chatd_send_batch``: before it, each
 committed, exists for ever, so the check cannot go stale); after it, the sent
 replies get their root and the texts with an ``@`` their mentions. Neither
 locks an existing row: the send path's lock order is unchanged.
+
+A batch of plain sends (no reply, no ``@``, no media: nearly all of them) is
+instead ONE statement, the send and its push outbox rows together, which
+PostgreSQL commits on its own: one round trip instead of four (BEGIN, send,
+outbox, COMMIT). Each round trip is a wake-up of the database thread that
+must win the GIL back from the Trio thread; at 500 msg/s those hand-offs,
+not PostgreSQL, were most of a send's latency (benchmarks/README.md, issue 14).
 """
 
 from __future__ import annotations
@@ -27,10 +34,22 @@ from chatd.db.records import IS_MEMBER, MESSAGE_COLUMNS
 from chatd.errors import ChatdError, NotFound, NotMember
 from chatd.models import Ack, Message, SendOutcome, SendRequest
 
-_SEND = "SELECT status, channel_id, seq, created_at, user_ids, inbox_seqs FROM chatd_send($1, $2, $3, $4, $5)"
 _SEND_BATCH = """
 SELECT status, channel_id, seq, created_at, user_ids, inbox_seqs
 FROM chatd_send_batch($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5)
+"""
+#: Plain sends and their pushes (every recipient but the sender, none mentioned) in one
+#: statement. The function's rows are materialized once, in the batch's order (``i``).
+_PLAIN_RECIPIENTS = """(
+    SELECT r.user_id, b.channel_id, b.seq, false FROM sent b CROSS JOIN LATERAL unnest(b.user_ids) AS r (user_id)
+    WHERE b.status = 'sent' AND r.user_id <> ($1::bigint[])[b.i])"""
+_SEND_PLAIN = f"""
+WITH sent AS MATERIALIZED (
+    SELECT * FROM chatd_send_batch($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5)
+        WITH ORDINALITY AS b (status, channel_id, seq, created_at, user_ids, inbox_seqs, i)
+), pushed AS ({push.ENQUEUE_FROM.format(source=_PLAIN_RECIPIENTS)} RETURNING 1)
+SELECT status, channel_id, seq, created_at, user_ids, inbox_seqs, (SELECT count(*) FROM pushed) AS pushed
+FROM sent ORDER BY i
 """
 _HISTORY_BEFORE = f"""
 SELECT {MESSAGE_COLUMNS} FROM messages
@@ -157,6 +176,11 @@ async def _attach_and_push(
     return await push.enqueue(conn, recipients)
 
 
+def _is_plain(request: SendRequest) -> bool:
+    """No reply to resolve, no mention to look for, no media to attach: one statement does it all."""
+    return request.reply_to is None and not request.media and "@" not in request.text
+
+
 class MessageStore:
     """The ``messages`` table: one method per unit of work."""
 
@@ -171,23 +195,8 @@ class MessageStore:
 
     async def send(self, request: SendRequest, inbox_max_members: int) -> SendOutcome:
         """Commit one message with its seq and inbox entries (and its reply root, mentions,
-        media and pushes) in one transaction."""
-
-        async def unit(conn: Connection) -> tuple[SendOutcome | ChatdError, int]:
-            roots, refused = await _reply_roots(conn, [request])
-            if refused:
-                return refused[id(request)], 0
-            record = await conn.fetchrow(
-                _SEND, request.sender, request.channel_id, request.client_msg_id, request.text, inbox_max_members
-            )
-            assert record is not None  # a function call always returns its row
-            sent = [(request, record)] if record["status"] == "sent" else []
-            mentioned = await _after_send(conn, sent, roots, inbox_max_members)
-            pushed = await _attach_and_push(conn, sent, mentioned)
-            return _outcome(record, request, roots, mentioned), pushed
-
-        outcome, pushed = await self.db.transaction(unit)
-        self._pushed(pushed)
+        media and pushes): a batch of one. Raises its ChatdError, or BatchFailed."""
+        (outcome,) = await self.send_batch([request], inbox_max_members)
         if isinstance(outcome, ChatdError):
             raise outcome
         return outcome
@@ -201,6 +210,17 @@ class MessageStore:
         when the database cannot be reached, BatchFailed when it refused the
         batch as a whole (nothing stored; each send may be retried alone).
         """
+        columns = (
+            [r.sender for r in requests],
+            [r.channel_id for r in requests],
+            [r.client_msg_id for r in requests],
+            [r.text for r in requests],
+        )
+
+        async def plain(conn: Connection) -> tuple[list[SendOutcome | ChatdError], int]:
+            found = await conn.fetch(_SEND_PLAIN, *columns, inbox_max_members)
+            outcomes = [_outcome(rec, req, {}, {}) for req, rec in zip(requests, found)]
+            return outcomes, found[0]["pushed"] if found else 0
 
         async def unit(conn: Connection) -> tuple[list[SendOutcome | ChatdError], int]:
             roots, refused = await _reply_roots(conn, requests)
@@ -224,7 +244,10 @@ class MessageStore:
             return [refused.get(id(r)) or by_request[id(r)] for r in requests], pushed
 
         try:
-            outcomes, pushed = await self.db.transaction(unit)
+            if all(_is_plain(r) for r in requests):
+                outcomes, pushed = await self.db.statement(plain)
+            else:
+                outcomes, pushed = await self.db.transaction(unit)
         except asyncpg.PostgresError as exc:
             raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
         self._pushed(pushed)

@@ -21,14 +21,17 @@ from chatd.models import PushJob, PushSubscription
 
 # Recipients with no live connection on any node (the registry's node_users),
 # through each subscription of a device whose token still works.
-_ENQUEUE = """
+#: The insert, from any ``source`` of rows (user_id, channel_id, seq, mention): parameters,
+#: or (:data:`chatd.db.messages`) the rows of the send statement itself.
+ENQUEUE_FROM = """
 INSERT INTO push_outbox (subscription_id, user_id, channel_id, seq, mention)
 SELECT s.id, t.user_id, t.channel_id, t.seq, t.mention
-FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[]) AS t (user_id, channel_id, seq, mention)
+FROM {source} AS t (user_id, channel_id, seq, mention)
 JOIN push_subscriptions s ON s.user_id = t.user_id
 JOIN devices d ON d.id = s.device_id AND d.revoked_at IS NULL
 WHERE NOT EXISTS (SELECT 1 FROM node_users nu WHERE nu.user_id = t.user_id)
 """
+_ENQUEUE = ENQUEUE_FROM.format(source="unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[])")
 _SUBSCRIBE = """
 INSERT INTO push_subscriptions (user_id, device_id, kind, url, p256dh, auth)
 VALUES ($1, $2, $3, $4, $5, $6)
