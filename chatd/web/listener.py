@@ -29,9 +29,9 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import trio
@@ -157,7 +157,8 @@ async def serve(
         bound = listeners[0].socket.getsockname()
         async with trio.open_nursery() as handlers:
             async with trio.open_nursery() as accepting:
-                accepting.start_soon(partial(trio.serve_listeners, handle, listeners, handler_nursery=handlers))
+                for listener in listeners:
+                    accepting.start_soon(accept_loop, listener, handlers, handle)
                 task_status.started(f"http://{bound[0]}:{bound[1]}")
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()  # closes the listeners: stop accepting
@@ -165,6 +166,54 @@ async def serve(
             handlers.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+#: Most connections taken from the kernel's queue in one wake-up of the accept loop.
+ACCEPT_BURST = 512
+#: accept() errors that mean "out of descriptors or memory for now": wait, then go on.
+_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: accept() errors that concern one connection only (it went away before it was taken).
+_IGNORABLE_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+
+
+async def accept_loop(
+    listener: trio.SocketListener, handlers: trio.Nursery, handle: Callable[[trio.SocketStream], Awaitable[None]]
+) -> None:
+    """Take every connection the kernel has queued at each wake-up, not one per round.
+
+    ``trio.serve_listeners`` accepts one connection per scheduling round (each
+    accept is a checkpoint). When thousands of clients reconnect at once, a
+    round is long (every connection's handshake, sync and catch-up runs in
+    it), so accepting fell to a few dozen per second, the kernel's queue
+    (somaxconn) overflowed and dropped SYNs, and clients waited for their SYN
+    retransmits (1, 3, 7, 15 s...) and timed out in the handshake. Here one
+    wake-up drains up to ACCEPT_BURST queued connections, each handed to its
+    own task, so a storm is limited by the work per connection, not by the
+    accept rate. The listening socket is used through a duplicate descriptor
+    in plain non-blocking mode (the same kernel socket).
+    """
+    raw = socket.socket(fileno=os.dup(listener.socket.fileno()))
+    raw.setblocking(False)
+    try:
+        async with listener:
+            while True:
+                await trio.lowlevel.wait_readable(raw)
+                for _ in range(ACCEPT_BURST):
+                    try:
+                        conn, _ = raw.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        if exc.errno in _IGNORABLE_ERRNOS:
+                            continue
+                        if exc.errno not in _CAPACITY_ERRNOS:
+                            raise
+                        log.error("accept: %s; retrying in 0.1 s", os.strerror(exc.errno or 0))
+                        await trio.sleep(0.1)
+                        break
+                    handlers.start_soon(handle, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+    finally:
+        raw.close()
 
 
 def _peer(stream: trio.SocketStream) -> str:
