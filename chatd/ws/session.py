@@ -480,8 +480,12 @@ class Session:
         await self._queue_data(encode_frame(frame, self.fmt))
 
     async def _queue_data(self, data: str | bytes) -> None:
+        written = self._write_now(data)
+        if written:
+            return
+        item = None if written is None else data
         try:
-            self._out_send.send_nowait(data)
+            self._out_send.send_nowait(item)
             self._queued += 1
             return
         except trio.WouldBlock:
@@ -490,7 +494,7 @@ class Session:
             return
         with trio.move_on_after(self.settings.send_stall_s):
             try:
-                await self._out_send.send(data)
+                await self._out_send.send(item)
                 self._queued += 1
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
@@ -512,16 +516,26 @@ class Session:
         metrics.frame_out(type(frame))
         self._emit(encode_frame(frame, self.fmt))
 
-    def _emit(self, data: str | bytes) -> None:
+    def _write_now(self, data: str | bytes) -> bool | None:
         """Write ``data`` now when nothing is queued before it and the socket takes it
-        without blocking (the fan-out path: no task switch, no queue); else queue it."""
-        item: str | bytes | None = data
-        if self._queued == 0 and not self._draining and self._close_code is None:
-            sent = self.transport.try_send(data)
-            if sent == SENT:
-                return
-            if sent == PARTLY_SENT:
-                item = None  # the writer writes the rest (the transport keeps it) before anything else
+        without blocking: no task switch, no queue (live events, acks, pongs).
+
+        True: written whole. False: nothing written, queue ``data``. None: partly
+        written, the transport keeps the rest; queue None so that the writer
+        writes it before anything else.
+        """
+        if self._queued or self._draining or self._close_code is not None:
+            return False
+        sent = self.transport.try_send(data)
+        return True if sent == SENT else None if sent == PARTLY_SENT else False
+
+    def _emit(self, data: str | bytes) -> None:
+        """Write ``data`` now if it can be (:meth:`_write_now`), else queue it without
+        waiting: a full queue is a slow consumer (the fan-out path)."""
+        written = self._write_now(data)
+        if written:
+            return
+        item = None if written is None else data
         try:
             self._out_send.send_nowait(item)
             self._queued += 1
