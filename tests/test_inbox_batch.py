@@ -1,4 +1,5 @@
-"""Batched inbox reads (InboxStore.read_many, InboxService's readers) answer exactly what single reads do."""
+"""Batched inbox reads (InboxStore.read_many, InboxService's readers) answer for each reader what it alone
+would read: its own page, and each message as its history shows it to that reader (``me`` included)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ async def test_read_many_is_read_for_each_request(db_url: str) -> None:
         assert reacted_many == reacted_single
         seq2 = {u: [e for e in events if e.kind == "message" and e.fields["seq"] == 2]
                 for (u, _, _), events in zip(requests, reacted_many)}
+        # Against an independent rendering: the channel's history as each member reads it.
+        for (user_id, after, _), events in zip(requests, reacted_many):
+            if user_id == ids[3]:
+                continue  # not a member: no events, no history
+            history = await stores.messages.history(group.channel_id, user_id, before=None, after=0, limit=100)
+            shown = {m.seq: m.to_json() for m in history}
+            for event in events:
+                if event.kind == "message":
+                    assert event.fields == shown[event.fields["seq"]], (user_id, event)
         assert seq2[ids[0]][0].fields["reactions"] == [{"emoji": ":+1:", "count": 2, "me": False}]
         assert seq2[ids[1]][0].fields["reactions"] == [{"emoji": ":+1:", "count": 2, "me": True}]
         assert [len(events) for events in many] == [8, 2, 3, 0, 8]  # "channel created" + 7 messages

@@ -17,10 +17,6 @@ from chatd.db.message_state import with_state
 from chatd.db.records import MESSAGE_COLUMNS
 from chatd.models import InboxEvent, Message
 
-_INBOX_AFTER = """
-SELECT inbox_seq, kind, channel_id, seq, data FROM inbox
-WHERE user_id = $1 AND inbox_seq > $2 ORDER BY inbox_seq LIMIT $3
-"""
 _MESSAGES_BY_KEY = f"""
 SELECT {MESSAGE_COLUMNS} FROM messages
 WHERE (channel_id, seq) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))
@@ -53,37 +49,17 @@ class InboxStore:
         self.db = db
 
     async def read(self, user_id: int, after: int, limit: int) -> list[InboxEvent]:
-        """The user's inbox events with inbox_seq > after, oldest first, at most ``limit``.
-
-        Two statements in one unit: the inbox rows (keyed by user), then the
-        messages they point to (keyed by channel), with no join across the two
-        keys, so each table can be sharded on its own.
-        """
-
-        async def unit(conn: Connection) -> tuple[list[Any], list[Message]]:
-            rows = list(await conn.fetch(_INBOX_AFTER, user_id, after, limit))
-            refs = {(r["channel_id"], r["seq"]) for r in rows if r["kind"] in _FROM_MESSAGE}
-            messages: list[Message] = []
-            if refs:
-                found = await conn.fetch(_MESSAGES_BY_KEY, [c for c, _ in refs], [s for _, s in refs])
-                messages = await with_state(conn, found, user_id)
-            return rows, messages
-
-        rows, messages = await self.db.read(unit)
-        by_key = {(m.channel_id, m.seq): m for m in messages}
-        events = []
-        for row in rows:
-            if row["kind"] == "message":
-                fields = by_key[(row["channel_id"], row["seq"])].to_json()
-            elif row["kind"] == "edit":
-                fields = by_key[(row["channel_id"], row["seq"])].edit_json()
-            else:
-                fields = dict(row["data"] or {})
-            events.append(InboxEvent(row["inbox_seq"], row["kind"], fields))
+        """The user's inbox events with inbox_seq > after, oldest first, at most ``limit``:
+        :meth:`read_many` for one reader (one rendering of events for both)."""
+        (events,) = await self.read_many([(user_id, after, limit)])
         return events
 
     async def read_many(self, requests: list[tuple[int, int, int]]) -> list[list[InboxEvent]]:
-        """:meth:`read` for several ``(user_id, after, limit)`` at once, in one unit of two statements.
+        """Each ``(user_id, after, limit)``'s inbox events with inbox_seq > after, oldest
+        first, at most ``limit``, in one unit of two statements (three when some of the
+        messages have reactions): the inbox rows (keyed by user), then the messages they
+        point to (keyed by channel), with no join across the two keys, so each table
+        can be sharded on its own.
 
         A reconnect storm has many users behind on the same messages (a group's):
         each message row is read once for all of them, and its fields are one
