@@ -16,8 +16,8 @@ A batch of plain sends (no reply, no ``@``, no media: nearly all of them) is
 instead ONE statement, the send and its push outbox rows together, which
 PostgreSQL commits on its own: one round trip instead of four (BEGIN, send,
 outbox, COMMIT). Each round trip is a wake-up of the database thread that
-must win the GIL back from the Trio thread; at 500 msg/s those hand-offs,
-not PostgreSQL, were most of a send's latency (benchmarks/README.md, issue 14).
+must win the GIL back from the Trio thread, which at 500 msg/s took up to
+10-15 ms at p99 (benchmarks/README.md, "Issue 14, second pass").
 """
 
 from __future__ import annotations
