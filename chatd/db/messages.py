@@ -176,6 +176,16 @@ async def _attach_and_push(
     return await push.enqueue(conn, recipients)
 
 
+def _send_columns(requests: Sequence[SendRequest]) -> tuple[list[int], list[int], list[str], list[str]]:
+    """chatd_send_batch's four arrays: senders, channels, client_msg_ids, texts."""
+    return (
+        [r.sender for r in requests],
+        [r.channel_id for r in requests],
+        [r.client_msg_id for r in requests],
+        [r.text for r in requests],
+    )
+
+
 def _is_plain(request: SendRequest) -> bool:
     """No reply to resolve, no mention to look for, no media to attach: one statement does it all."""
     return request.reply_to is None and not request.media and "@" not in request.text
@@ -210,15 +220,9 @@ class MessageStore:
         when the database cannot be reached, BatchFailed when it refused the
         batch as a whole (nothing stored; each send may be retried alone).
         """
-        columns = (
-            [r.sender for r in requests],
-            [r.channel_id for r in requests],
-            [r.client_msg_id for r in requests],
-            [r.text for r in requests],
-        )
 
         async def plain(conn: Connection) -> tuple[list[SendOutcome | ChatdError], int]:
-            found = await conn.fetch(_SEND_PLAIN, *columns, inbox_max_members)
+            found = await conn.fetch(_SEND_PLAIN, *_send_columns(requests), inbox_max_members)
             outcomes = [_outcome(rec, req, {}, {}) for req, rec in zip(requests, found)]
             return outcomes, found[0]["pushed"] if found else 0
 
@@ -227,16 +231,7 @@ class MessageStore:
             batch = [r for r in requests if id(r) not in refused]
             found: list[Any] = []
             if batch:
-                found = list(
-                    await conn.fetch(
-                        _SEND_BATCH,
-                        [r.sender for r in batch],
-                        [r.channel_id for r in batch],
-                        [r.client_msg_id for r in batch],
-                        [r.text for r in batch],
-                        inbox_max_members,
-                    )
-                )
+                found = list(await conn.fetch(_SEND_BATCH, *_send_columns(batch), inbox_max_members))
             sent = [(req, rec) for req, rec in zip(batch, found) if rec["status"] == "sent"]
             mentioned = await _after_send(conn, sent, roots, inbox_max_members)
             pushed = await _attach_and_push(conn, sent, mentioned)
